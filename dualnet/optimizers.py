@@ -1,0 +1,190 @@
+"""Optimizers with the update rules of *Deep Learning from Scratch* (common/optimizer.py).
+
+Each optimizer updates ``params`` in place from ``grads`` (dicts of device arrays
+with the same keys).  Its state (velocities, squared-gradient sums, Adam's
+moments) is created with ``zeros_like`` of each parameter, so it lives on the
+parameters' device.  Weight decay belongs to the model (:class:`dualnet.models.Sequential`),
+so the loss and its gradient stay consistent; learning-rate decay is a schedule
+applied once per epoch (:class:`LRSchedule`).
+"""
+from __future__ import annotations
+
+import math
+
+from .backend import namespace
+
+__all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "OPTIMIZERS",
+           "make_optimizer", "LRSchedule"]
+
+
+class Optimizer:
+    """Base class: ``update(params, grads)``, plus ``state_dict``/``load_state_dict`` for checkpoints."""
+
+    slots = ()        # names of per-parameter state arrays
+    hyper = ("lr",)   # names of scalar hyperparameters saved with the state
+
+    def __init__(self, lr):
+        self.lr = float(lr)
+        self.state = {s: {} for s in self.slots}
+        self.t = 0
+
+    def _slot(self, name, key, p):
+        d = self.state[name]
+        if key not in d:
+            d[key] = namespace(p).zeros_like(p)
+        return d[key]
+
+    def update(self, params, grads):
+        self.t += 1
+        for k, p in params.items():
+            self._update(k, p, grads[k])
+
+    def _update(self, key, p, g):
+        raise NotImplementedError
+
+    def state_dict(self):
+        """Scalars and per-parameter state: ``({"t":.., "lr":..}, {"slot/param": array})``."""
+        scalars = {"type": type(self).__name__, "t": self.t, **{h: getattr(self, h) for h in self.hyper}}
+        arrays = {f"{s}/{k}": v for s in self.slots for k, v in self.state[s].items()}
+        return scalars, arrays
+
+    def load_state_dict(self, scalars, arrays, device):
+        if scalars.get("type") != type(self).__name__:
+            raise ValueError(f"checkpoint optimizer is {scalars.get('type')} but this run uses "
+                             f"{type(self).__name__}; resume with --optimizer {scalars.get('type', '').lower()}")
+        self.t = int(scalars["t"])
+        for h in self.hyper:
+            setattr(self, h, float(scalars[h]))
+        self.state = {s: {} for s in self.slots}
+        for key, v in arrays.items():
+            s, k = key.split("/", 1)
+            self.state[s][k] = device.asarray(v)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{h}={getattr(self, h):g}' for h in self.hyper)})"
+
+
+class SGD(Optimizer):
+    """p -= lr * g"""
+
+    def _update(self, key, p, g):
+        p -= self.lr * g
+
+
+class Momentum(Optimizer):
+    """v = m*v - lr*g;  p += v"""
+
+    slots = ("v",)
+    hyper = ("lr", "momentum")
+
+    def __init__(self, lr=0.01, momentum=0.9):
+        super().__init__(lr)
+        self.momentum = float(momentum)
+
+    def _update(self, key, p, g):
+        v = self._slot("v", key, p)
+        v *= self.momentum
+        v -= self.lr * g
+        p += v
+
+
+class Nesterov(Momentum):
+    """v = m*v - lr*g;  p += m*m*v - (1 + m)*lr*g  (the book's form)."""
+
+    def _update(self, key, p, g):
+        m = self.momentum
+        v = self._slot("v", key, p)
+        v *= m
+        v -= self.lr * g
+        p += (m * m) * v - ((1 + m) * self.lr) * g
+
+
+class AdaGrad(Optimizer):
+    """h += g*g;  p -= lr * g / (sqrt(h) + 1e-7)"""
+
+    slots = ("h",)
+
+    def _update(self, key, p, g):
+        xp = namespace(p)
+        h = self._slot("h", key, p)
+        h += g * g
+        p -= self.lr * g / (xp.sqrt(h) + 1e-7)
+
+
+class RMSprop(Optimizer):
+    """h = rho*h + (1 - rho)*g*g;  p -= lr * g / (sqrt(h) + 1e-7)"""
+
+    slots = ("h",)
+    hyper = ("lr", "decay_rate")
+
+    def __init__(self, lr=0.01, decay_rate=0.99):
+        super().__init__(lr)
+        self.decay_rate = float(decay_rate)
+
+    def _update(self, key, p, g):
+        xp = namespace(p)
+        h = self._slot("h", key, p)
+        h *= self.decay_rate
+        h += (1 - self.decay_rate) * g * g
+        p -= self.lr * g / (xp.sqrt(h) + 1e-7)
+
+
+class Adam(Optimizer):
+    """lr_t = lr*sqrt(1 - b2^t)/(1 - b1^t);  m += (1 - b1)(g - m);  v += (1 - b2)(g*g - v);
+    p -= lr_t * m / (sqrt(v) + 1e-7)"""
+
+    slots = ("m", "v")
+    hyper = ("lr", "beta1", "beta2")
+
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999):
+        super().__init__(lr)
+        self.beta1, self.beta2 = float(beta1), float(beta2)
+
+    def update(self, params, grads):
+        self.t += 1
+        self._lr_t = self.lr * math.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t)
+        for k, p in params.items():
+            self._update(k, p, grads[k])
+
+    def _update(self, key, p, g):
+        xp = namespace(p)
+        m = self._slot("m", key, p)
+        v = self._slot("v", key, p)
+        m += (1 - self.beta1) * (g - m)
+        v += (1 - self.beta2) * (g * g - v)
+        p -= self._lr_t * m / (xp.sqrt(v) + 1e-7)
+
+
+OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adagrad": AdaGrad,
+              "rmsprop": RMSprop, "adam": Adam}
+
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.01, "nesterov": 0.01, "adagrad": 0.01,
+              "rmsprop": 0.001, "adam": 0.001}
+
+
+def make_optimizer(name, lr=None):
+    """Optimizer ``name`` (see :data:`OPTIMIZERS`) with ``lr`` or its usual default."""
+    key = name.lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[key](lr=DEFAULT_LR[key] if lr is None else lr)
+
+
+class LRSchedule:
+    """Learning-rate decay per epoch, as in CS231n.
+
+    ``kind="exponential"``: lr = base * decay**epoch (``lr *= decay`` after every epoch).
+    ``kind="step"``: lr = base * decay**(epoch // step_size).
+    """
+
+    def __init__(self, base_lr, decay=1.0, kind="exponential", step_size=1):
+        if kind not in ("exponential", "step"):
+            raise ValueError(f"lr schedule kind must be 'exponential' or 'step', got {kind!r}")
+        if not 0 < decay <= 1:
+            raise ValueError(f"lr decay must be in (0, 1], got {decay}")
+        self.base_lr, self.decay, self.kind, self.step_size = float(base_lr), float(decay), kind, int(step_size)
+
+    def __call__(self, epoch):
+        """Learning rate for 0-based ``epoch``."""
+        k = epoch if self.kind == "exponential" else epoch // self.step_size
+        return self.base_lr * self.decay ** k

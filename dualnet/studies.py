@@ -1,0 +1,2 @@
+def add_study_args(p):
+    pass
