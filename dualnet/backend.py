@@ -195,7 +195,11 @@ class Device:
         return getattr(self.xp, str(name))
 
     def asarray(self, a, dtype=None):
-        """Copy host data (or an array of this device) onto this device."""
+        """Host data (or an array of this device) as an array on this device.
+
+        On the CPU no copy is made when ``a`` already has the dtype (so a dataset is
+        not duplicated): in-place updates of the result then change ``a`` too.
+        """
         if dtype is not None and isinstance(dtype, str):
             dtype = self.dtype(dtype)
         if self.kind == "sim" and not isinstance(a, np.ndarray) and hasattr(a, "to_device"):

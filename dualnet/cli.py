@@ -61,23 +61,24 @@ def build_parser():
     sub = ap.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model and write metrics, checkpoint and plots")
-    t.add_argument("--model", choices=list(MODELS), default="simple_convnet")
-    t.add_argument("--dataset", choices=list(DATASETS), default="digits")
+    # Options left unset (None) take the checkpoint's value with --resume, else TRAIN_DEFAULTS.
+    t.add_argument("--model", choices=list(MODELS), help="default: simple_convnet")
+    t.add_argument("--dataset", choices=list(DATASETS), help="default: digits (embedded, no download)")
     _device_arg(t)
-    t.add_argument("--epochs", type=_positive_int, default=None,
-                   help="default: 20 on digits, 10 otherwise")
-    t.add_argument("--batch-size", type=_positive_int, default=100)
-    t.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adam")
-    t.add_argument("--lr", type=_positive_float, default=None, help="default: the optimizer's usual one")
-    t.add_argument("--lr-decay", type=_positive_float, default=1.0, help="lr *= this after every epoch")
-    t.add_argument("--weight-decay", type=float, default=0.0, help="L2 lambda on weights")
+    t.add_argument("--epochs", type=_positive_int, help="default: 20 on digits, 10 otherwise")
+    t.add_argument("--batch-size", type=_positive_int, help="default: 100")
+    t.add_argument("--optimizer", choices=list(OPTIMIZERS), help="default: adam")
+    t.add_argument("--lr", type=_positive_float, help="default: the optimizer's usual one "
+                   "(adam: 0.001; 0.003 on digits)")
+    t.add_argument("--lr-decay", type=_positive_float, help="lr *= this after every epoch (default 1)")
+    t.add_argument("--weight-decay", type=float, help="L2 lambda on weights (default 0)")
     t.add_argument("--dropout", type=_fraction, default=None, help="dropout ratio (mlp, deep_convnet)")
     t.add_argument("--batchnorm", action="store_true", help="batch normalization (mlp, simple_convnet)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    t.add_argument("--seed", type=int, help="default: 0")
+    t.add_argument("--dtype", choices=["float32", "float64"], help="default: float32")
     t.add_argument("--data-dir", default=None)
-    t.add_argument("--val-fraction", type=_fraction, default=0.0,
-                   help="carve a validation split from the training data")
+    t.add_argument("--val-fraction", type=_fraction,
+                   help="carve a validation split from the training data (default 0)")
     t.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<model>-<time>)")
     t.add_argument("--resume", default=None, metavar="CHECKPOINT")
     t.add_argument("--log-every", type=_positive_int, default=50, help="steps between host syncs")
@@ -108,6 +109,10 @@ def build_parser():
 
 
 # --------------------------------------------------------------------------- train
+TRAIN_DEFAULTS = {"model": "simple_convnet", "dataset": "digits", "epochs": None, "batch_size": 100,
+                  "optimizer": "adam", "lr": None, "lr_decay": 1.0, "weight_decay": 0.0, "seed": 0,
+                  "dtype": "float32", "val_fraction": 0.0}
+
 def _model_kwargs(args, data):
     kw = {}
     if args.dropout is not None:
@@ -132,15 +137,13 @@ def cmd_train(args):
     from .trainer import Trainer
 
     resume_doc = None
+    cfg = {}
     if args.resume:
         resume_doc, _ = read_checkpoint(args.resume)
         cfg = resume_doc["meta"].get("config", {})
-        for k in ("model", "dataset", "optimizer", "batch_size", "lr", "lr_decay", "seed", "dtype",
-                  "weight_decay", "val_fraction"):
-            if k in cfg:
-                setattr(args, k, cfg[k])
-        if args.epochs is None:
-            args.epochs = cfg.get("epochs")
+    for k, default in TRAIN_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, cfg.get(k, default))
     dev = get_device(args.device)
     print(f"device: {dev.spec} ({dev.name})" + (f" - {dev.reason}" if dev.reason else ""), flush=True)
     epochs = args.epochs or (20 if args.dataset == "digits" else 10)

@@ -190,9 +190,11 @@ class Sequential:
         """Number of correct predictions as a 0-d device array (no host sync)."""
         xp = self.device.xp
         correct = xp.zeros((), dtype=xp.int64, device=self.device.array_device)
-        for s in range(0, x.shape[0], batch_size):
-            pred = xp.argmax(self.predict(x[s:s + batch_size]), axis=1)
-            tb = t[s:s + batch_size]
+        N = x.shape[0]
+        for s in range(0, N, batch_size):
+            e = min(s + batch_size, N)
+            pred = xp.argmax(self.predict(x[s:e, ...]), axis=1)
+            tb = t[s:e, ...]
             if tb.ndim == 2:
                 tb = xp.argmax(tb, axis=1)
             correct = correct + xp.sum(xp.astype(pred == tb, xp.int64))

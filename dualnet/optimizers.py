@@ -58,7 +58,7 @@ class Optimizer:
         self.state = {s: {} for s in self.slots}
         for key, v in arrays.items():
             s, k = key.split("/", 1)
-            self.state[s][k] = device.asarray(v)
+            self.state[s][k] = device.xp.asarray(device.asarray(v), copy=True)  # never alias the source
 
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(f'{h}={getattr(self, h):g}' for h in self.hyper)})"

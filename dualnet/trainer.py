@@ -78,7 +78,7 @@ class Trainer:
             self.Xte = dev.asarray(d.x_test, dt)
             self.Tte = dev.asarray(d.t_test)
             n = min(self.eval_train_samples, d.x_train.shape[0])
-            self.Xev, self.Tev = self.X[:n], self.T[:n]
+            self.Xev, self.Tev = self.X[:n, ...], self.T[:n, ...]
         else:
             self.log(f"dataset ({nbytes / 2**30:.1f} GiB) does not fit on {dev.spec}: moving it batch by batch")
 

@@ -1,0 +1,99 @@
+import math
+
+import numpy as np
+import pytest
+
+import dualnet as dn
+from dualnet.optimizers import OPTIMIZERS, LRSchedule, make_optimizer
+
+
+def reference_steps(name, p, grads, lr):
+    """The book's update rules (common/optimizer.py) on NumPy, step by step."""
+    p = p.copy()
+    v = np.zeros_like(p)
+    h = np.zeros_like(p)
+    m = np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        if name == "sgd":
+            p -= lr * g
+        elif name == "momentum":
+            v = 0.9 * v - lr * g
+            p += v
+        elif name == "nesterov":
+            v *= 0.9
+            v -= lr * g
+            p += 0.9 * 0.9 * v
+            p -= (1 + 0.9) * lr * g
+        elif name == "adagrad":
+            h += g * g
+            p -= lr * g / (np.sqrt(h) + 1e-7)
+        elif name == "rmsprop":
+            h = 0.99 * h + 0.01 * g * g
+            p -= lr * g / (np.sqrt(h) + 1e-7)
+        elif name == "adam":
+            lr_t = lr * math.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+            m += 0.1 * (g - m)
+            h += 0.001 * (g * g - h)
+            p -= lr_t * m / (np.sqrt(h) + 1e-7)
+    return p
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_update_rules_match_the_book(device, name):
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal((3, 4))
+    grads = [rng.standard_normal((3, 4)) for _ in range(4)]
+    opt = make_optimizer(name, 0.05)
+    params = {"w": device.asarray(p0.copy(), "float64")}  # the CPU would share p0's memory
+    for g in grads:
+        opt.update(params, {"w": device.asarray(g, "float64")})
+    np.testing.assert_allclose(device.to_numpy(params["w"]), reference_steps(name, p0, grads, 0.05), rtol=1e-12)
+    for slot in opt.state.values():  # state lives on the parameters' device
+        for arr in slot.values():
+            device.check(arr, "optimizer state")
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_optimizers_descend_the_books_quadratic(name):
+    """f(x, y) = x**2/20 + y**2 from (-7, 2), with the book's chapter-6 learning rates."""
+    lr = {"sgd": 0.95, "momentum": 0.1, "nesterov": 0.1, "adagrad": 1.5, "rmsprop": 0.1, "adam": 0.3}[name]
+    dev = dn.get_device("cpu")
+    p = {"x": dev.asarray(np.array([-7.0])), "y": dev.asarray(np.array([2.0]))}
+    opt = make_optimizer(name, lr)
+    f0 = 49 / 20 + 4
+    for _ in range(30):
+        opt.update(p, {"x": p["x"] / 10.0, "y": 2.0 * p["y"]})
+    f = float(p["x"][0]) ** 2 / 20 + float(p["y"][0]) ** 2
+    assert f < 0.5 * f0
+
+
+def test_lr_schedules():
+    exp = LRSchedule(0.1, 0.95)
+    assert [round(exp(e), 6) for e in range(3)] == [0.1, 0.095, 0.09025]
+    step = LRSchedule(1.0, 0.5, kind="step", step_size=2)
+    assert [step(e) for e in range(5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    with pytest.raises(ValueError, match="decay"):
+        LRSchedule(0.1, 1.5)
+
+
+def test_unknown_optimizer():
+    with pytest.raises(ValueError, match="choose one of sgd, momentum"):
+        make_optimizer("lbfgs")
+
+
+def test_state_dict_roundtrip(device):
+    opt = dn.Adam(0.01)
+    params = {"w": device.asarray(np.ones(3), "float64")}
+    for _ in range(3):
+        opt.update(params, {"w": device.asarray(np.full(3, 0.5), "float64")})
+    scalars, arrays = opt.state_dict()
+    other = dn.Adam(0.5)
+    other.load_state_dict(scalars, {k: device.to_numpy(v) for k, v in arrays.items()}, device)
+    assert other.t == 3 and other.lr == 0.01
+    p1, p2 = {"w": device.asarray(np.ones(3), "float64")}, {"w": device.asarray(np.ones(3), "float64")}
+    g = {"w": device.asarray(np.full(3, 0.2), "float64")}
+    opt.update(p1, g)
+    other.update(p2, g)
+    np.testing.assert_array_equal(device.to_numpy(p1["w"]), device.to_numpy(p2["w"]))
+    with pytest.raises(ValueError, match="checkpoint optimizer is Adam"):
+        dn.SGD(0.1).load_state_dict(scalars, {}, device)
