@@ -1,2 +1,403 @@
+"""``dualnet bench``: throughput of the same code on each device, with PyTorch as a yardstick.
+
+Every measurement warms up first, then times single steps, each between a
+``timer.start()`` and a ``timer.stop()`` that synchronizes the device before reading
+the clock (CUDA events on a GPU), and reports the median and inter-quartile range.
+All devices, models and batch sizes run in one process, so the ratios compare like
+with like.  PyTorch (``--compare-torch``) is optional and never a dependency.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import tracemalloc
+
+import numpy as np
+
+from .backend import DeviceError, get_device, cuda_status
+
+BENCH_MODELS = ("simple_convnet", "deep_convnet", "mlp")
+SCHEMA_KEYS = ("impl", "device", "device_name", "model", "batch_size", "dtype", "phase", "images_per_s",
+               "step_ms_median", "step_ms_iqr", "peak_mem_bytes", "steps")
+
+
 def add_bench_args(p):
-    pass
+    p.add_argument("--devices", default="cpu,cuda", help="comma-separated, e.g. cpu,cuda (default)")
+    p.add_argument("--models", default=",".join(BENCH_MODELS), help="comma-separated: " + ", ".join(BENCH_MODELS))
+    p.add_argument("--batch-sizes", default="32,100,256,1024")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (at most)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--time-budget", type=float, default=10.0,
+                   help="seconds per measurement; fewer steps are timed (at least 3) when exceeded")
+    p.add_argument("--compare-torch", action="store_true", help="also time PyTorch on the same device")
+    p.add_argument("--no-layers", action="store_true", help="skip the conv-layer and optimizer micro-benchmarks")
+    p.add_argument("--conv-batch", type=int, default=256, help="batch of the 64->64 conv layer benchmark")
+    p.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
+
+
+# --------------------------------------------------------------------------- timing
+def time_steps(timer_factory, fn, steps=20, warmup=3, time_budget=None):
+    """Time ``fn()`` per call, each call bracketed by a synchronizing timer.
+
+    Parameters
+    ----------
+    timer_factory : callable () -> timer with ``start()`` and ``stop() -> ms``; ``stop``
+        must wait for the device before reading the clock.
+    Returns
+    -------
+    list of float : milliseconds per call (at least 3, at most ``steps``).
+    """
+    for _ in range(warmup):
+        t = timer_factory()
+        t.start()
+        fn()
+        t.stop()
+    times, spent = [], 0.0
+    for i in range(max(3, steps)):
+        t = timer_factory()
+        t.start()
+        fn()
+        ms = t.stop()
+        times.append(ms)
+        spent += ms / 1e3
+        if i + 1 >= steps or (time_budget and spent > time_budget and i >= 2):
+            break
+    return times
+
+
+def summarize(times_ms, batch):
+    q1, med, q3 = np.percentile(times_ms, [25, 50, 75])
+    return {"step_ms_median": float(med), "step_ms_iqr": float(q3 - q1), "images_per_s": float(batch / med * 1e3),
+            "steps": len(times_ms)}
+
+
+# --------------------------------------------------------------------------- dualnet side
+def make_model(name, device, dtype, seed=0):
+    from .models import build_model
+    shape = (784,) if name == "mlp" else (1, 28, 28)
+    kw = {"hidden_sizes": [100, 100, 100, 100]} if name == "mlp" else {}
+    return build_model(name, shape, 10, device=device, dtype=dtype, seed=seed, **kw), shape
+
+
+def bench_dualnet(device, model_name, batch, dtype, steps, warmup, budget):
+    """Train-step and inference records for one dualnet model on ``device``."""
+    from .optimizers import Adam
+    model, shape = make_model(model_name, device, dtype)
+    opt = Adam(1e-3)
+    rng = np.random.default_rng(0)
+    x = device.asarray(rng.random((batch,) + shape), dtype)
+    t = device.asarray(rng.integers(0, 10, batch))
+
+    def train():
+        model.loss(x, t, train=True)
+        model.backward()
+        opt.update(model.params, model.grads)
+
+    def infer():
+        model.predict(x, train=False)
+
+    out = []
+    for phase, fn in (("train", train), ("infer", infer)):
+        peak = _peak_memory(device, fn)
+        times = time_steps(device.timer, fn, steps, warmup, budget)
+        out.append({"impl": "dualnet", "phase": phase, "peak_mem_bytes": peak, **summarize(times, batch)})
+    return out
+
+
+def _peak_memory(device, fn):
+    """Peak bytes allocated while running ``fn`` once (NumPy via tracemalloc, CuPy via its pool)."""
+    if device.kind == "cuda":
+        pool = device._cupy.get_default_memory_pool()
+        device.synchronize()
+        pool.free_all_blocks()
+        fn()
+        device.synchronize()
+        return int(pool.total_bytes())
+    if device.kind == "cpu":
+        tracemalloc.start()
+        try:
+            fn()
+            return int(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    return None
+
+
+# --------------------------------------------------------------------------- torch side
+def torch_status():
+    try:
+        import torch
+        return torch, None
+    except Exception as e:
+        return None, f"PyTorch is not installed ({type(e).__name__}); pip install torch to compare"
+
+
+def _torch_model(torch, name):
+    nn = torch.nn
+    if name == "simple_convnet":
+        return nn.Sequential(nn.Conv2d(1, 30, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                             nn.Linear(30 * 12 * 12, 100), nn.ReLU(), nn.Linear(100, 10))
+    if name == "deep_convnet":
+        layers, c = [], 1
+        for fn, pad, pool in ((16, 1, False), (16, 1, True), (32, 1, False), (32, 2, True), (64, 1, False),
+                              (64, 1, True)):
+            layers += [nn.Conv2d(c, fn, 3, padding=pad), nn.ReLU()] + ([nn.MaxPool2d(2)] if pool else [])
+            c = fn
+        return nn.Sequential(*layers, nn.Flatten(), nn.Linear(64 * 4 * 4, 50), nn.ReLU(), nn.Dropout(0.5),
+                             nn.Linear(50, 10), nn.Dropout(0.5))
+    if name == "mlp":
+        dims = [784, 100, 100, 100, 100]
+        layers = []
+        for a, b in zip(dims, dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        return nn.Sequential(*layers, nn.Linear(100, 10))
+    raise ValueError(name)
+
+
+class _TorchTimer:
+    def __init__(self, torch, cuda):
+        self.torch, self.cuda = torch, cuda
+
+    def start(self):
+        if self.cuda:
+            self.a = self.torch.cuda.Event(enable_timing=True)
+            self.b = self.torch.cuda.Event(enable_timing=True)
+            self.a.record()
+        else:
+            self.t = time.perf_counter()
+
+    def stop(self):
+        if self.cuda:
+            self.b.record()
+            self.b.synchronize()
+            return self.a.elapsed_time(self.b)
+        return (time.perf_counter() - self.t) * 1e3
+
+
+def bench_torch(torch, device, model_name, batch, dtype, steps, warmup, budget):
+    cuda = device.kind == "cuda"
+    tdev = torch.device(f"cuda:{device.index or 0}" if cuda else "cpu")
+    tdtype = getattr(torch, dtype)
+    torch.manual_seed(0)
+    net = _torch_model(torch, model_name).to(tdev, tdtype)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    shape = (784,) if model_name == "mlp" else (1, 28, 28)
+    x = torch.rand((batch,) + shape, device=tdev, dtype=tdtype)
+    t = torch.randint(0, 10, (batch,), device=tdev)
+
+    def train():
+        net.train()
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(x), t).backward()
+        opt.step()
+
+    def infer():
+        net.eval()
+        with torch.no_grad():
+            net(x)
+
+    out = []
+    for phase, fn in (("train", train), ("infer", infer)):
+        peak = None
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(tdev)
+            fn()
+            torch.cuda.synchronize(tdev)
+            peak = int(torch.cuda.max_memory_allocated(tdev))
+        times = time_steps(lambda: _TorchTimer(torch, cuda), fn, steps, warmup, budget)
+        out.append({"impl": "torch", "phase": phase, "peak_mem_bytes": peak, **summarize(times, batch)})
+    return out
+
+
+# --------------------------------------------------------------------------- layer micro-benchmarks
+def bench_layers(device, dtype, batch, steps, warmup, budget, gemm_n=None):
+    """Conv 64->64 3x3 on 32x32 (forward, backward, achieved GEMM FLOP/s), a large GEMM as the
+    device's measured peak, and the Adam update of SimpleConvNet's parameters."""
+    from .layers import Convolution
+    from .models import Sequential
+    from .optimizers import Adam
+    xp = device.xp
+    rng = np.random.default_rng(0)
+    conv = Convolution(64, 64, 3, 1, 1)
+    Sequential([conv], (64, 32, 32), device=device, dtype=dtype)  # initializes its parameters
+    conv.need_dx = True
+    x = device.asarray(rng.random((batch, 64, 32, 32)), dtype)
+    out = conv.forward(x)
+    dout = device.asarray(rng.random(tuple(out.shape)), dtype)
+    recs = []
+    flops_fwd = 2.0 * batch * 64 * 32 * 32 * 64 * 9        # the forward GEMM
+    for phase, fn, flops in (("conv_forward", lambda: conv.forward(x), flops_fwd),
+                             ("conv_backward", lambda: conv.backward(dout), 2 * flops_fwd)):
+        times = time_steps(device.timer, fn, steps, warmup, budget)
+        s = summarize(times, batch)
+        recs.append({"impl": "dualnet", "model": "conv64x64_3x3_32x32", "phase": phase,
+                     "gflops": flops / (s["step_ms_median"] / 1e3) / 1e9, "peak_mem_bytes": None, **s})
+    n = gemm_n or (8192 if device.kind == "cuda" else 2048)
+    a = device.asarray(rng.random((n, n)), dtype)
+    b = device.asarray(rng.random((n, n)), dtype)
+    times = time_steps(device.timer, lambda: xp.matmul(a, b), steps, warmup, budget)
+    s = summarize(times, 1)
+    recs.append({"impl": "dualnet", "model": f"gemm{n}", "phase": "gemm_peak", "peak_mem_bytes": None,
+                 "gflops": 2.0 * n ** 3 / (s["step_ms_median"] / 1e3) / 1e9, **s})
+    model, shape = make_model("simple_convnet", device, dtype)
+    grads = {k: xp.ones_like(v) * 1e-3 for k, v in model.params.items()}
+    opt = Adam(1e-3)
+    times = time_steps(device.timer, lambda: opt.update(model.params, grads), steps, warmup, budget)
+    recs.append({"impl": "dualnet", "model": "simple_convnet", "phase": "adam_update", "peak_mem_bytes": None,
+                 "params": model.num_params(), **summarize(times, 1)})
+    for r in recs:
+        r["batch_size"] = batch if r["phase"].startswith("conv") else None
+    return recs
+
+
+# --------------------------------------------------------------------------- driver
+def environment():
+    from .cli import versions
+    v = versions()
+    st = cuda_status()
+    v.update({"platform": platform.platform(), "cuda_driver": st["driver"], "cuda_runtime": st["cuda_runtime"],
+              "gpus": [d["name"] for d in st["devices"]]})
+    return v
+
+
+def run_bench(devices, models, batch_sizes, dtype="float32", steps=20, warmup=3, time_budget=10.0,
+              compare_torch=False, layers=True, conv_batch=256, gemm_n=None, log=print):
+    """Run every measurement; returns ``{"environment", "records", "skipped"}``."""
+    records, skipped = [], []
+    torch, torch_reason = torch_status() if compare_torch else (None, None)
+    if compare_torch and torch is None:
+        skipped.append({"impl": "torch", "device": "*", "reason": torch_reason})
+        log(f"skipped torch: {torch_reason}")
+    for spec in devices:
+        try:
+            dev = get_device(spec)
+        except DeviceError as e:
+            skipped.append({"impl": "dualnet", "device": spec, "reason": str(e)})
+            log(f"skipped {spec}: {e}")
+            continue
+        base = {"device": dev.spec, "device_name": dev.name, "dtype": dtype}
+        for m in models:
+            for b in batch_sizes:
+                for r in bench_dualnet(dev, m, b, dtype, steps, warmup, time_budget):
+                    records.append({**base, "model": m, "batch_size": b, **r})
+                    log(_line(records[-1]))
+                if torch is not None:
+                    try:
+                        rs = bench_torch(torch, dev, m, b, dtype, steps, warmup, time_budget)
+                    except Exception as e:  # e.g. a CPU-only torch build asked for CUDA
+                        skipped.append({"impl": "torch", "device": dev.spec, "model": m, "reason": str(e)})
+                        log(f"skipped torch on {dev.spec}: {e}")
+                        continue
+                    for r in rs:
+                        records.append({**base, "model": m, "batch_size": b, **r})
+                        log(_line(records[-1]))
+        if layers:
+            for r in bench_layers(dev, dtype, conv_batch, steps, warmup, time_budget, gemm_n):
+                records.append({**base, **r})
+                log(_line(records[-1]))
+    _add_ratios(records)
+    return {"environment": environment(), "records": records, "skipped": skipped}
+
+
+def _line(r):
+    extra = f"  {r['gflops']:.0f} GFLOP/s" if "gflops" in r else ""
+    return (f"  {r['impl']:>7} {r['device']:>7} {r['model']:>20} b={r.get('batch_size') or '-':>5} "
+            f"{r['phase']:>13}: {r['step_ms_median']:9.2f} ms (IQR {r['step_ms_iqr']:.2f})  "
+            f"{r['images_per_s']:12,.0f} /s{extra}")
+
+
+def _add_ratios(records):
+    """``speedup_vs_cpu`` on non-CPU rows; ``ratio_vs_torch`` on dualnet rows with a torch twin."""
+    key = lambda r, **kw: (kw.get("impl", r["impl"]), kw.get("device", r["device"]), r["model"],  # noqa: E731
+                           r.get("batch_size"), r["phase"])
+    index = {key(r): r for r in records}
+    for r in records:
+        if r["device"] != "cpu":
+            cpu = index.get(key(r, device="cpu"))
+            if cpu:
+                r["speedup_vs_cpu"] = cpu["step_ms_median"] / r["step_ms_median"]
+        if r["impl"] == "dualnet":
+            tw = index.get(key(r, impl="torch"))
+            if tw:
+                r["ratio_vs_torch"] = r["images_per_s"] / tw["images_per_s"]
+
+
+def table(result):
+    """Text table of model records: images/s, speedup over CPU, ratio to torch."""
+    rows = [r for r in result["records"] if r["phase"] in ("train", "infer")]
+    head = f"{'impl':>7} {'device':>7} {'model':>15} {'batch':>5} {'phase':>5} {'images/s':>11} " \
+           f"{'ms (median)':>11} {'IQR':>7} {'vs CPU':>7} {'/torch':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['impl']:>7} {r['device']:>7} {r['model']:>15} {r['batch_size']:>5} {r['phase']:>5} "
+                     f"{r['images_per_s']:>11,.0f} {r['step_ms_median']:>11.2f} {r['step_ms_iqr']:>7.2f} "
+                     f"{_fmt(r.get('speedup_vs_cpu'), 'x'):>7} {_fmt(r.get('ratio_vs_torch'), ''):>7}")
+    other = [r for r in result["records"] if r["phase"] not in ("train", "infer")]
+    for r in other:
+        g = f", {r['gflops']:.1f} GFLOP/s" if "gflops" in r else ""
+        lines.append(f"{r['device']:>7} {r['model']} {r['phase']}: {r['step_ms_median']:.2f} ms{g}")
+    peaks = {r["device"]: r["gflops"] for r in other if r["phase"] == "gemm_peak"}
+    for r in other:
+        if r["phase"] == "conv_forward" and r["device"] in peaks:
+            lines.append(f"{r['device']:>7} conv 64->64 3x3 forward GEMM: {r['gflops']:.1f} GFLOP/s = "
+                         f"{r['gflops'] / peaks[r['device']]:.0%} of the device's measured GEMM peak "
+                         f"({peaks[r['device']]:.1f} GFLOP/s)")
+    for s in result["skipped"]:
+        lines.append(f"skipped {s['impl']} on {s['device']}: {s['reason']}")
+    return "\n".join(lines)
+
+
+def _fmt(v, suffix):
+    return "-" if v is None else f"{v:.2f}{suffix}"
+
+
+def plot(result, path):
+    from .plots import _fig, save_fig
+    rows = [r for r in result["records"] if r["phase"] == "train"]
+    fig, ax = _fig(figsize=(7, 4.5))
+    for key in sorted({(r["impl"], r["device"], r["model"]) for r in rows}):
+        pts = sorted((r["batch_size"], r["images_per_s"]) for r in rows if (r["impl"], r["device"], r["model"]) == key)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if key[0] == "dualnet" else "s--",
+                label=" ".join(key))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("training images/s")
+    ax.set_title("training throughput")
+    ax.legend(fontsize=7)
+    return save_fig(fig, path)
+
+
+def write_result(result, out_dir):
+    from .checkpoint import atomic_write
+    os.makedirs(out_dir, exist_ok=True)
+    jpath = os.path.join(out_dir, "bench.json")
+    atomic_write(jpath, lambda f: f.write(json.dumps(result, indent=2).encode()))
+    ppath = plot(result, os.path.join(out_dir, "bench.png"))
+    return jpath, ppath
+
+
+def _csv(s, conv=str):
+    return [conv(v.strip()) for v in s.split(",") if v.strip()]
+
+
+def cmd_bench(args):
+    from .cli import UserError
+    models = _csv(args.models)
+    bad = [m for m in models if m not in BENCH_MODELS]
+    if bad:
+        raise UserError(f"unknown bench model(s) {', '.join(bad)}; choose from {', '.join(BENCH_MODELS)}")
+    try:
+        batches = _csv(args.batch_sizes, int)
+    except ValueError:
+        raise UserError(f"--batch-sizes must be integers, got {args.batch_sizes!r}") from None
+    result = run_bench(_csv(args.devices), models, batches, args.dtype, args.steps, args.warmup,
+                       args.time_budget, args.compare_torch, not args.no_layers, args.conv_batch)
+    print()
+    print(table(result))
+    j, p = write_result(result, args.out)
+    print(f"\nwrote {j} and {p}")
+    return 0

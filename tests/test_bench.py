@@ -1,0 +1,88 @@
+"""The bench harness itself (no timed assertions): schema, skip reasons, synchronized timing."""
+import json
+
+import pytest
+
+from dualnet import bench
+from dualnet.cli import main
+
+
+def small_run(devices, **kw):
+    return bench.run_bench(devices, ["mlp", "simple_convnet"], [4, 8], steps=3, warmup=1, conv_batch=2,
+                           gemm_n=64, log=lambda *_: None, **kw)
+
+
+@pytest.mark.parametrize("spec", ["cpu", "sim"])
+def test_records_follow_the_schema(spec):
+    res = small_run([spec])
+    train = [r for r in res["records"] if r["phase"] in ("train", "infer")]
+    assert len(train) == 2 * 2 * 2
+    for r in train:
+        for k in bench.SCHEMA_KEYS:
+            assert k in r, k
+        assert r["impl"] == "dualnet" and r["device"] == spec and r["dtype"] == "float32"
+        assert r["images_per_s"] > 0 and r["step_ms_median"] > 0 and r["step_ms_iqr"] >= 0
+        assert r["steps"] >= 3
+    phases = {r["phase"] for r in res["records"]}
+    assert {"conv_forward", "conv_backward", "gemm_peak", "adam_update"} <= phases
+    assert all(r["gflops"] > 0 for r in res["records"] if "gflops" in r)
+    env = res["environment"]
+    for k in ("numpy", "python", "blas_threads", "cupy", "cuda_driver"):
+        assert k in env
+    if spec == "cpu":
+        assert all(r["peak_mem_bytes"] > 0 for r in train)
+    json.dumps(res)  # JSON-ready
+
+
+def test_unavailable_device_is_skipped_with_reason():
+    res = small_run(["cpu", "cuda:7"], layers=False)
+    assert any(s["device"] == "cuda:7" and "cuda:7" in s["reason"] for s in res["skipped"])
+    assert {r["device"] for r in res["records"]} == {"cpu"}
+
+
+def test_missing_torch_is_skipped_with_reason(monkeypatch):
+    monkeypatch.setattr(bench, "torch_status", lambda: (None, "PyTorch is not installed (test)"))
+    res = small_run(["cpu"], compare_torch=True, layers=False)
+    assert {"impl": "torch", "device": "*", "reason": "PyTorch is not installed (test)"} in res["skipped"]
+
+
+def test_timing_synchronizes_before_reading_the_clock():
+    events = []
+
+    class SpyTimer:
+        def start(self):
+            events.append("start")
+
+        def stop(self):
+            events.append("sync+read")
+            return 1.0
+
+    times = bench.time_steps(SpyTimer, lambda: events.append("work"), steps=4, warmup=2)
+    assert times == [1.0] * 4
+    assert events == ["start", "work", "sync+read"] * 6
+
+
+def test_ratios_are_computed():
+    recs = [{"impl": i, "device": d, "model": "m", "batch_size": 8, "phase": "train",
+             "step_ms_median": ms, "images_per_s": 8000 / ms}
+            for i, d, ms in (("dualnet", "cpu", 10.0), ("dualnet", "cuda:0", 1.0), ("torch", "cuda:0", 0.5))]
+    bench._add_ratios(recs)
+    assert recs[1]["speedup_vs_cpu"] == pytest.approx(10.0)
+    assert recs[1]["ratio_vs_torch"] == pytest.approx(0.5)
+    assert "ratio_vs_torch" not in recs[0]
+
+
+def test_bench_command_writes_json_and_png(tmp_path, capsys):
+    code = main(["bench", "--devices", "cpu,cuda", "--models", "mlp", "--batch-sizes", "4", "--steps", "3",
+                 "--warmup", "1", "--no-layers", "--compare-torch", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "skipped dualnet on cuda" in out or "cuda:0" in out
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert res["records"] and (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    try:
+        import torch  # noqa: F401
+        assert any(r["impl"] == "torch" for r in res["records"]) and "/torch" in out
+        assert any("ratio_vs_torch" in r for r in res["records"])
+    except ImportError:
+        assert any(s["impl"] == "torch" for s in res["skipped"])
