@@ -119,27 +119,40 @@ def study_optimizers(dev, out, quick, data_dir, seed):
         ax.set_ylim(-5, 5)
     plots.save_fig(fig, os.path.join(out, "optimizers_quadratic.png"))
 
+    variants = {name: ({}, lambda name=name: make_optimizer(name, 0.01 if name == "sgd" else None))
+                for name in paths}
+    data, iters, curves = mlp_loss_curves(dev, data_dir, quick, seed, variants, 200,
+                                          "5-layer ReLU MLP on {data}", os.path.join(out, "optimizers_mlp.png"))
+    final = {k: float(np.mean(c[-20:])) for k, c in curves.items()}
+    return {"data": data.name, "quadratic": paths, "mlp_final_loss": final, "mlp_iters": iters,
+            "mlp_curves": curves}
+
+
+def mlp_loss_curves(dev, data_dir, quick, seed, variants, quick_iters, title, path):
+    """Train the book's 5-layer, 100-unit ReLU MLP once per variant (batch 128, 2000 iterations;
+    ``quick``: 2000 images, ``quick_iters``) and plot the smoothed loss curves.
+
+    variants : {name: (MultiLayerNet kwargs, optimizer factory)}
+    Returns (dataset, iterations, {name: per-step losses}).
+    """
     data = study_data(data_dir)
-    n, iters = (2000, 200) if quick else (data.x_train.shape[0], 2000)
+    n, iters = (2000, quick_iters) if quick else (data.x_train.shape[0], 2000)
     x, t = subset(data.x_train, data.t_train, n, seed)
     xd, td = dev.asarray(x, "float32"), dev.asarray(t)
     curves = {}
-    for name in paths:
-        net = MultiLayerNet(x.shape[1], [100] * 4, data.num_classes, device=dev, seed=seed)
-        curves[name] = train_steps(net, make_optimizer(name, 0.01 if name == "sgd" else None), xd, td,
-                                   iters, 128, seed)
+    for name, (kw, make_opt) in variants.items():
+        net = MultiLayerNet(x.shape[1], [100] * 4, data.num_classes, device=dev, seed=seed, **kw)
+        curves[name] = train_steps(net, make_opt(), xd, td, iters, 128, seed)
     fig, ax = plots._fig(figsize=(7, 4.5))
     for name, c in curves.items():
         ax.plot(plots.smooth(c, 20), label=name)
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss (moving average)")
-    ax.set_title(f"5-layer ReLU MLP on {data.name}")
+    ax.set_title(title.format(data=data.name))
     ax.set_ylim(0, None)
     ax.legend()
-    plots.save_fig(fig, os.path.join(out, "optimizers_mlp.png"))
-    final = {k: float(np.mean(c[-20:])) for k, c in curves.items()}
-    return {"data": data.name, "quadratic": paths, "mlp_final_loss": final, "mlp_iters": iters,
-            "mlp_curves": curves}
+    plots.save_fig(fig, path)
+    return data, iters, curves
 
 
 # --------------------------------------------------------------------------- init
@@ -175,23 +188,11 @@ def study_init(dev, out, quick, data_dir, seed):
             row += 1
     plots.save_fig(fig, os.path.join(out, "init_histograms.png"))
 
-    data = study_data(data_dir)
-    n, iters = (2000, 300) if quick else (data.x_train.shape[0], 2000)
-    x, t = subset(data.x_train, data.t_train, n, seed)
-    xd, td = dev.asarray(x, "float32"), dev.asarray(t)
-    curves = {}
-    for name in ("std=0.01", "xavier", "he"):
-        net = MultiLayerNet(x.shape[1], [100] * 4, data.num_classes, weight_init=INIT_STDS[name], device=dev,
-                            seed=seed)
-        curves[name] = train_steps(net, make_optimizer("sgd", 0.01), xd, td, iters, 128, seed)
-    fig, ax = plots._fig(figsize=(7, 4.5))
-    for name, c in curves.items():
-        ax.plot(plots.smooth(c, 20), label=name)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("training loss (moving average)")
-    ax.set_title(f"weight init, 5-layer ReLU MLP, SGD lr 0.01, {data.name}")
-    ax.legend()
-    plots.save_fig(fig, os.path.join(out, "init_training.png"))
+    variants = {name: ({"weight_init": INIT_STDS[name]}, lambda: make_optimizer("sgd", 0.01))
+                for name in ("std=0.01", "xavier", "he")}
+    data, iters, curves = mlp_loss_curves(dev, data_dir, quick, seed, variants, 300,
+                                          "weight init, 5-layer ReLU MLP, SGD lr 0.01, {data}",
+                                          os.path.join(out, "init_training.png"))
     return {"data": data.name, "histograms": hist, "final_loss": {k: float(np.mean(c[-20:])) for k, c in curves.items()},
             "iters": iters, "curves": curves}
 
