@@ -342,9 +342,9 @@ def table(result):
     peaks = {r["device"]: r["gflops"] for r in other if r["phase"] == "gemm_peak"}
     for r in other:
         if r["phase"] == "conv_forward" and r["device"] in peaks:
-            lines.append(f"{r['device']:>7} conv 64->64 3x3 forward GEMM: {r['gflops']:.1f} GFLOP/s = "
-                         f"{r['gflops'] / peaks[r['device']]:.0%} of the device's measured GEMM peak "
-                         f"({peaks[r['device']]:.1f} GFLOP/s)")
+            lines.append(f"{r['device']:>7} conv 64->64 3x3 forward (im2col + GEMM), GEMM FLOPs per second of "
+                         f"the whole layer: {r['gflops']:.1f} GFLOP/s = {r['gflops'] / peaks[r['device']]:.0%} "
+                         f"of the device's measured GEMM peak ({peaks[r['device']]:.1f} GFLOP/s)")
     for s in result["skipped"]:
         lines.append(f"skipped {s['impl']} on {s['device']}: {s['reason']}")
     return "\n".join(lines)

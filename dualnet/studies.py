@@ -186,6 +186,7 @@ def study_init(dev, out, quick, data_dir, seed):
                 axes[row, i].set_yticks([])
                 axes[row, i].set_title(f"{act}, {name}: layer {i + 1}", fontsize=8)
             row += 1
+    fig.tight_layout()
     plots.save_fig(fig, os.path.join(out, "init_histograms.png"))
 
     variants = {name: ({"weight_init": INIT_STDS[name]}, lambda: make_optimizer("sgd", 0.01))

@@ -72,3 +72,13 @@ def test_damaged_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="not a dualnet checkpoint"):
         read_checkpoint(plain)
     assert zipfile.is_zipfile(plain)
+
+
+def test_written_files_have_ordinary_permissions(tmp_path):
+    from dualnet.checkpoint import atomic_write
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "f.txt", lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert (os.stat(tmp_path / "f.txt").st_mode & 0o777) == 0o644
