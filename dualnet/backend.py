@@ -251,17 +251,6 @@ class Device:
         """
         return _CudaTimer(self._cupy) if self.kind == "cuda" else _HostTimer()
 
-    def reset_peak_memory(self):
-        if self.kind == "cuda":
-            self._cupy.get_default_memory_pool().free_all_blocks()
-            self._peak = 0
-
-    def memory_in_use(self):
-        """Bytes the device's allocator holds now (None on host devices)."""
-        if self.kind == "cuda":
-            return int(self._cupy.get_default_memory_pool().used_bytes())
-        return None
-
     def total_memory(self):
         """Bytes of memory of the device (GPU memory, or host RAM)."""
         if self.kind == "cuda":

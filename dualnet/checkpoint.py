@@ -16,7 +16,6 @@ import zipfile
 import numpy as np
 
 from .models import model_from_config
-from .optimizers import OPTIMIZERS
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "atomic_write", "CheckpointError"]
 
@@ -120,12 +119,3 @@ def load_checkpoint(path, device="cpu", model=None, optimizer=None, dtype=None):
         except ValueError as e:
             raise CheckpointError(f"checkpoint {path}: {e}") from None
     return model, doc.get("meta", {})
-
-
-def optimizer_from_checkpoint(doc):
-    """A fresh optimizer of the checkpoint's type, or None."""
-    s = doc.get("optimizer")
-    if not s:
-        return None
-    name = s["type"].lower()
-    return OPTIMIZERS[name](lr=s["lr"]) if name in OPTIMIZERS else None
