@@ -162,9 +162,15 @@ def pad2d(x, pad, value=0.0):
     return out
 
 
+def _window_index(i, j, OH, OW, stride):
+    """Index of the (N, C, OH, OW) strided view that window offset (i, j) sees in a padded map."""
+    return (slice(None), slice(None), slice(i, i + stride * (OH - 1) + 1, stride),
+            slice(j, j + stride * (OW - 1) + 1, stride))
+
+
 def _window(a, i, j, OH, OW, stride):
     """The (N, C, OH, OW) strided view of padded ``a`` seen by window offset (i, j)."""
-    return a[:, :, i:i + stride * (OH - 1) + 1:stride, j:j + stride * (OW - 1) + 1:stride]
+    return a[_window_index(i, j, OH, OW, stride)]
 
 
 # --------------------------------------------------------------------------- im2col
@@ -215,8 +221,7 @@ def col2im(col, x_shape, FH, FW, stride=1, pad=0):
     img = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=col.dtype, device=array_device(col))
     for i in range(FH):
         for j in range(FW):
-            sl = (slice(None), slice(None), slice(i, i + stride * (OH - 1) + 1, stride),
-                  slice(j, j + stride * (OW - 1) + 1, stride))
+            sl = _window_index(i, j, OH, OW, stride)
             img[sl] += col[:, :, i, j, :, :]  # in place: no temporary of the window
     return img[:, :, pad:pad + H, pad:pad + W] if pad else img
 
@@ -349,8 +354,7 @@ def max_pool2d_backward(dout, xpad, out, x_shape, PH, PW, stride, pad=0):
             miss = xp.logical_not(hit)
             pending = miss if pending is None else xp.logical_and(pending, miss)
         g = dout * xp.astype(hit, dout.dtype)
-        sl = (slice(None), slice(None), slice(i, i + stride * (OH - 1) + 1, stride),
-              slice(j, j + stride * (OW - 1) + 1, stride))
+        sl = _window_index(i, j, OH, OW, stride)
         if disjoint:
             dxpad[sl] = g
         else:
@@ -382,7 +386,6 @@ def avg_pool2d_backward(dout, x_shape, PH, PW, stride, pad=0):
     dxpad = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=dout.dtype, device=array_device(dout))
     for i in range(PH):
         for j in range(PW):
-            sl = (slice(None), slice(None), slice(i, i + stride * (OH - 1) + 1, stride),
-                  slice(j, j + stride * (OW - 1) + 1, stride))
+            sl = _window_index(i, j, OH, OW, stride)
             dxpad[sl] += g
     return dxpad[:, :, pad:pad + H, pad:pad + W] if pad else dxpad
