@@ -75,9 +75,14 @@ def summarize(times_ms, batch):
 
 
 # --------------------------------------------------------------------------- dualnet side
+def input_shape(name):
+    """One sample's shape for bench model ``name`` (MNIST-sized), the same for dualnet and torch."""
+    return (784,) if name == "mlp" else (1, 28, 28)
+
+
 def make_model(name, device, dtype, seed=0):
     from .models import build_model
-    shape = (784,) if name == "mlp" else (1, 28, 28)
+    shape = input_shape(name)
     kw = {"hidden_sizes": [100, 100, 100, 100]} if name == "mlp" else {}
     return build_model(name, shape, 10, device=device, dtype=dtype, seed=seed, **kw), shape
 
@@ -184,8 +189,7 @@ def bench_torch(torch, device, model_name, batch, dtype, steps, warmup, budget):
     torch.manual_seed(0)
     net = _torch_model(torch, model_name).to(tdev, tdtype)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    shape = (784,) if model_name == "mlp" else (1, 28, 28)
-    x = torch.rand((batch,) + shape, device=tdev, dtype=tdtype)
+    x = torch.rand((batch,) + input_shape(model_name), device=tdev, dtype=tdtype)
     t = torch.randint(0, 10, (batch,), device=tdev)
 
     def train():
