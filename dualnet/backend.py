@@ -3,22 +3,27 @@
 Everything else in dualnet is written against the Python array API standard and
 takes its namespace ``xp`` from its arrays (:func:`namespace`) or from a
 :class:`Device`.  A device is chosen once, at the entry point, with
-:func:`get_device`:
+:func:`get_device`; each backend is one class:
 
-``"cpu"``
+``"cpu"`` → :class:`CPUDevice`
     NumPy.
-``"cuda"`` / ``"cuda:N"``
+``"cuda"`` / ``"cuda:N"`` → :class:`CUDADevice`
     CuPy on GPU N (install ``dualnet[cuda12]`` or ``dualnet[cuda13]``).
+``"sim"`` / ``"sim:N"`` → :class:`SimDevice`
+    ``array_api_strict`` on its simulated ``Device("deviceN")`` (N = 1 or 2; ``sim`` is
+    ``sim:1``): a stand-in for a GPU on machines without one.  Host arrays that leak
+    into device math, arrays left on the other simulated device and NumPy-only calls
+    fail there exactly as they would on a GPU.
 ``"auto"``
-    CUDA when CuPy is installed and a GPU answers, else CPU; ``Device.reason``
-    says in one line why.
-``"sim"``
-    ``array_api_strict`` on its simulated ``Device("device1")``: a stand-in for
-    a GPU on machines without one.  Host arrays that leak into device math and
-    NumPy-only calls fail there exactly as they would on a GPU.
+    CUDA when CuPy is installed and a GPU answers, else CPU; ``Device.reason`` says in
+    one line why.
+
+A device never switches the process's current GPU as a side effect: work that must
+run on it is bracketed by ``with device.bind():``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -26,13 +31,10 @@ import time
 import numpy as np
 import array_api_compat
 
-__all__ = ["Device", "DeviceError", "DeviceRNG", "HostRNG", "get_device", "namespace", "cuda_status", "DTYPES"]
+from .errors import DeviceError
 
-DTYPES = ("float32", "float64")
-
-
-class DeviceError(RuntimeError):
-    """A device was asked for that cannot be used; the message says why and how to fix it."""
+__all__ = ["Device", "CPUDevice", "CUDADevice", "SimDevice", "DeviceError", "HostRNG", "get_device",
+           "namespace", "array_device", "cuda_status", "versions", "cpu_name"]
 
 
 def namespace(*arrays):
@@ -43,6 +45,399 @@ def namespace(*arrays):
 def array_device(x):
     """The device object of array ``x``, to pass as ``device=`` when creating arrays beside it."""
     return array_api_compat.device(x)
+
+
+def _dtype_name(dtype):
+    s = str(dtype)
+    for name in ("float64", "float32", "float16", "int64", "int32"):
+        if name in s:
+            return name
+    raise TypeError(f"unsupported dtype {dtype!r}")
+
+
+# --------------------------------------------------------------------------- the Device
+class Device:
+    """An array namespace bound to one device; one subclass per backend.
+
+    Attributes
+    ----------
+    kind : {"cpu", "cuda", "sim"}
+        The backend, for display and for :attr:`spec`; code outside this module never
+        branches on it (ask the device instead).
+    index : int
+        GPU ordinal (cuda) or simulated device number (sim); 0 on the CPU.
+    xp : module
+        The array API namespace (array_api_compat's NumPy or CuPy, or array_api_strict).
+    name : str
+        Human-readable device name (CPU model, GPU name, or the simulated device).
+    reason : str
+        For ``auto``: one line saying why this device was chosen.
+    is_host : bool
+        True when the arrays live in host memory and compute runs on the host's cores
+        (worker processes then parallelise independent runs).
+    """
+
+    kind = ""
+    is_host = False
+
+    def __init__(self, index=0, reason=""):
+        self.index = int(index)
+        self.reason = reason
+
+    # -- identity ------------------------------------------------------------------
+    @property
+    def spec(self):
+        """The string that selects this device again (``"cpu"``, ``"cuda:0"``, ``"sim:1"``)."""
+        return f"{self.kind}:{self.index}"
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.spec!r}, name={self.name!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, Device) and self.spec == other.spec
+
+    def __hash__(self):
+        return hash(self.spec)
+
+    @property
+    def array_device(self):
+        """The namespace's own device object, for ``device=`` arguments."""
+        return self._dev
+
+    def describe(self):
+        """One line for a log: spec, name and, for ``auto``, why."""
+        return f"{self.spec} ({self.name})" + (f" - {self.reason}" if self.reason else "")
+
+    @property
+    def torch_device(self):
+        """PyTorch's name for the same hardware (for the bench's yardstick), or None."""
+        return None
+
+    # -- dtypes and moves ----------------------------------------------------------
+    def dtype(self, name):
+        """The namespace's dtype for ``"float32"``, ``"float64"``, ``"int64"``..."""
+        return getattr(self.xp, str(name))
+
+    def asarray(self, a, dtype=None):
+        """Host data, or an array of any device of this backend, as an array on this device."""
+        raise NotImplementedError
+
+    def to_numpy(self, a):
+        """Copy a device array (or a Python scalar) to a NumPy array on the host."""
+        raise NotImplementedError
+
+    def owns(self, x):
+        """True when ``x`` is an array of this device."""
+        try:
+            return namespace(x) is self.xp and self._same(array_device(x))
+        except TypeError:
+            return False
+
+    def _same(self, dev):
+        return True
+
+    def check(self, x, what="array"):
+        """Raise :class:`DeviceError` naming both devices when ``x`` is not an array of this one."""
+        if self.owns(x):
+            return
+        try:
+            other = f"{array_device(x)!r} ({namespace(x).__name__})"
+        except TypeError:
+            raise DeviceError(f"{what} is a {type(x).__name__}, not an array on {self.spec}; "
+                              f"move it with device.asarray(...)") from None
+        raise DeviceError(f"{what} lives on {other} but the model is on {self.spec} "
+                          f"({self.xp.__name__}); move it with device.asarray(...)")
+
+    # -- placement, timing and memory ---------------------------------------------------
+    def bind(self):
+        """A context in which new arrays and kernels go to this device (no global switch)."""
+        return contextlib.nullcontext()
+
+    def synchronize(self):
+        """Wait until all queued work on the device is done (a no-op on the host)."""
+
+    def timer(self):
+        """A stopwatch of device time: ``t = device.timer(); t.start(); ...; ms = t.stop()``;
+        ``stop`` synchronizes before reading the clock."""
+        return _HostTimer()
+
+    def total_memory(self):
+        """Bytes of memory of the device (GPU memory, or host RAM)."""
+        return _host_memory("SC_PHYS_PAGES")
+
+    def free_memory(self):
+        """Bytes the device can still allocate now."""
+        return _host_memory("SC_AVPHYS_PAGES")
+
+    def peak_memory(self, fn):
+        """Peak bytes allocated while running ``fn()`` once, or None where it cannot be measured."""
+        return None
+
+    # -- randomness -----------------------------------------------------------------
+    def rng(self, seed):
+        """A random generator drawing directly on this device (``uniform``, ``permutation``).
+
+        Streams are reproducible per seed and backend, not across backends."""
+        raise NotImplementedError
+
+    def info(self):
+        """A JSON-ready description of the device and its libraries."""
+        return {"spec": self.spec, "kind": self.kind, "name": self.name, "numpy": np.__version__}
+
+
+class CPUDevice(Device):
+    """NumPy on the host's cores."""
+
+    kind = "cpu"
+    is_host = True
+
+    def __init__(self, reason=""):
+        super().__init__(0, reason)
+        import array_api_compat.numpy as xp
+        self.xp = xp
+        self._dev = "cpu"
+        self.name = cpu_name()
+        _keep_large_blocks()
+
+    @property
+    def spec(self):
+        return "cpu"
+
+    @property
+    def torch_device(self):
+        return "cpu"
+
+    def asarray(self, a, dtype=None):
+        """No copy is made when ``a`` already has the dtype (so a dataset is not duplicated):
+        in-place updates of the result then change ``a`` too."""
+        if isinstance(dtype, str):
+            dtype = self.dtype(dtype)
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a):
+        return np.asarray(a)
+
+    def peak_memory(self, fn):
+        import tracemalloc
+        tracemalloc.start()
+        try:
+            fn()
+            return int(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+
+    def rng(self, seed):
+        return _NumPyRNG(seed)
+
+
+class CUDADevice(Device):
+    """CuPy on one GPU; every allocation of dualnet's code on it runs inside :meth:`bind`."""
+
+    kind = "cuda"
+
+    def __init__(self, index=0, reason=""):
+        super().__init__(index, reason)
+        import cupy
+        import array_api_compat.cupy as xp
+        self.xp = xp
+        self._cupy = cupy
+        self._dev = cupy.cuda.Device(self.index)   # not .use(): no process-wide switch
+        n = cupy.cuda.runtime.getDeviceProperties(self.index)["name"]
+        self.name = n.decode() if isinstance(n, bytes) else str(n)
+
+    @property
+    def torch_device(self):
+        return f"cuda:{self.index}"
+
+    def _same(self, dev):
+        return getattr(dev, "id", None) == self.index
+
+    def bind(self):
+        return self._dev
+
+    def asarray(self, a, dtype=None):
+        """Host data is copied to this GPU; an array of another GPU is copied across."""
+        if isinstance(dtype, str):
+            dtype = self.dtype(dtype)
+        with self._dev:
+            if isinstance(a, self._cupy.ndarray) and a.device.id != self.index:
+                a = a.copy()  # CuPy copies into the current device
+            return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a):
+        return a.get() if isinstance(a, self._cupy.ndarray) else np.asarray(a)
+
+    def synchronize(self):
+        with self._dev:
+            self._cupy.cuda.get_current_stream().synchronize()
+
+    def timer(self):
+        return _CudaTimer(self._cupy, self._dev)
+
+    def total_memory(self):
+        with self._dev:
+            return int(self._cupy.cuda.runtime.memGetInfo()[1])
+
+    def free_memory(self):
+        # Free memory of the driver plus what CuPy's pool holds but does not use.
+        with self._dev:
+            pool = self._cupy.get_default_memory_pool()
+            return int(self._cupy.cuda.runtime.memGetInfo()[0]) + int(pool.free_bytes())
+
+    def peak_memory(self, fn):
+        pool = self._cupy.get_default_memory_pool()
+        with self._dev:
+            self.synchronize()
+            pool.free_all_blocks()
+            fn()
+            self.synchronize()
+            return int(pool.total_bytes())
+
+    def rng(self, seed):
+        return _CuPyRNG(self, seed)
+
+    def info(self):
+        st = cuda_status()
+        return {**super().info(), "cupy": st["cupy_version"], "driver": st["driver"],
+                "cuda_runtime": st["cuda_runtime"]}
+
+
+class SimDevice(Device):
+    """array_api_strict's simulated device N (1 or 2): arrays of any other device are refused."""
+
+    kind = "sim"
+
+    def __init__(self, index=1, reason=""):
+        super().__init__(index, reason)
+        import array_api_strict as xp
+        self.xp = xp
+        self._dev = xp.Device(f"device{self.index}")
+        self._host = xp.Device("CPU_DEVICE")
+        self.name = f"array_api_strict simulated device{self.index}"
+
+    def _same(self, dev):
+        return dev == self._dev
+
+    def asarray(self, a, dtype=None):
+        if isinstance(dtype, str):
+            dtype = self.dtype(dtype)
+        if hasattr(a, "to_device") and not isinstance(a, np.ndarray):
+            a = a.to_device(self._dev)
+            return a if dtype is None else self.xp.astype(a, dtype)
+        return self.xp.asarray(np.asarray(a), dtype=dtype, device=self._dev)
+
+    def to_numpy(self, a):
+        if hasattr(a, "to_device") and not isinstance(a, np.ndarray):
+            return np.asarray(a.to_device(self._host))
+        return np.asarray(a)
+
+    def rng(self, seed):
+        return _SimRNG(self, seed)
+
+    def info(self):
+        import array_api_strict
+        return {**super().info(), "array_api_strict": array_api_strict.__version__}
+
+
+def _host_memory(which):
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf(which)
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 << 30
+
+
+# --------------------------------------------------------------------------- timers
+class _HostTimer:
+    def start(self):
+        self._t = time.perf_counter()
+
+    def stop(self):
+        return (time.perf_counter() - self._t) * 1e3
+
+
+class _CudaTimer:
+    def __init__(self, cupy, dev):
+        self._cupy, self._dev = cupy, dev
+        with dev:
+            self._a = cupy.cuda.Event()
+            self._b = cupy.cuda.Event()
+
+    def start(self):
+        with self._dev:
+            self._a.record()
+
+    def stop(self):
+        with self._dev:
+            self._b.record()
+            self._b.synchronize()
+            return self._cupy.cuda.get_elapsed_time(self._a, self._b)
+
+
+# --------------------------------------------------------------------------- random generators
+class _NumPyRNG:
+    """NumPy's Generator: draws straight into host arrays."""
+
+    def __init__(self, seed):
+        self._g = np.random.default_rng(seed)
+
+    def uniform(self, shape, dtype):
+        """Uniform [0, 1) array of ``shape`` and float ``dtype`` on the device."""
+        return self._g.random(shape, dtype=_dtype_name(dtype))
+
+    def permutation(self, n):
+        """A random permutation of ``range(n)`` (int64) on the device."""
+        return self._g.permutation(n)
+
+
+class _CuPyRNG:
+    """CuPy's RandomState (its Generator has no permutation), drawing on the device's GPU."""
+
+    def __init__(self, device, seed):
+        self._dev = device.bind()
+        with self._dev:
+            self._g = device._cupy.random.RandomState(seed)
+
+    def uniform(self, shape, dtype):
+        with self._dev:
+            return self._g.random_sample(shape, dtype=_dtype_name(dtype))
+
+    def permutation(self, n):
+        with self._dev:
+            return self._g.permutation(n)
+
+
+class _SimRNG(_NumPyRNG):
+    """The simulated device has no generator of its own: it draws on the host and moves the
+    result, which a real accelerator avoids but a stand-in may do."""
+
+    def __init__(self, device, seed):
+        super().__init__(seed)
+        self._device = device
+
+    def uniform(self, shape, dtype):
+        return self._device.asarray(super().uniform(shape, dtype))
+
+    def permutation(self, n):
+        return self._device.asarray(super().permutation(n))
+
+
+class HostRNG:
+    """The seeded host generator that draws initial weights, so one seed gives the same
+    initial network on every device (the arrays are moved to the device afterwards)."""
+
+    def __init__(self, seed=0):
+        self._g = np.random.default_rng(seed)
+
+    def normal(self, shape, std=1.0):
+        return std * self._g.standard_normal(shape)
+
+    @staticmethod
+    def zeros(shape):
+        return np.zeros(shape)
+
+    @staticmethod
+    def ones(shape):
+        return np.ones(shape)
 
 
 # --------------------------------------------------------------------------- CUDA probing
@@ -123,244 +518,7 @@ def _explain_cuda_error(e):
     return f"CUDA is not usable: {type(e).__name__}: {msg}"
 
 
-# --------------------------------------------------------------------------- the Device
-class Device:
-    """An array namespace bound to one device.
-
-    Attributes
-    ----------
-    kind : {"cpu", "cuda", "sim"}
-    index : int or None
-        GPU ordinal for ``"cuda"``.
-    xp : module
-        The array API namespace (array_api_compat's NumPy or CuPy, or array_api_strict).
-    name : str
-        Human-readable device name (CPU model, GPU name, or the simulated device).
-    reason : str
-        For ``auto``: one line saying why this device was chosen.
-    """
-
-    def __init__(self, kind, index=None, reason=""):
-        self.kind = kind
-        self.index = index
-        self.reason = reason
-        if kind == "cpu":
-            import array_api_compat.numpy as xp
-            self.xp = xp
-            _keep_large_blocks()
-            self._dev = "cpu"
-            self.name = _cpu_name()
-        elif kind == "cuda":
-            import cupy
-            import array_api_compat.cupy as xp
-            self.xp = xp
-            self._cupy = cupy
-            self._cuda_device = cupy.cuda.Device(index or 0)
-            self._cuda_device.use()
-            self._dev = self._cuda_device
-            props = cupy.cuda.runtime.getDeviceProperties(index or 0)
-            n = props["name"]
-            self.name = n.decode() if isinstance(n, bytes) else str(n)
-        elif kind == "sim":
-            import array_api_strict as xp
-            self.xp = xp
-            self._dev = xp.Device("device1")
-            self.name = "array_api_strict simulated device1"
-        else:  # pragma: no cover - guarded by get_device
-            raise DeviceError(f"unknown device kind {kind!r}")
-
-    # -- identity ------------------------------------------------------------------
-    @property
-    def spec(self):
-        """The string that selects this device again (``"cpu"``, ``"cuda:0"``, ``"sim"``)."""
-        return f"cuda:{self.index or 0}" if self.kind == "cuda" else self.kind
-
-    def __repr__(self):
-        return f"Device({self.spec!r}, name={self.name!r})"
-
-    def __eq__(self, other):
-        return isinstance(other, Device) and self.spec == other.spec
-
-    def __hash__(self):
-        return hash(self.spec)
-
-    @property
-    def array_device(self):
-        """The namespace's own device object, for ``device=`` arguments."""
-        return self._dev
-
-    # -- dtypes and moves ----------------------------------------------------------
-    def dtype(self, name):
-        """The namespace's dtype for ``"float32"``, ``"float64"``, ``"int64"``..."""
-        return getattr(self.xp, str(name))
-
-    def asarray(self, a, dtype=None):
-        """Host data (or an array of this device) as an array on this device.
-
-        On the CPU no copy is made when ``a`` already has the dtype (so a dataset is
-        not duplicated): in-place updates of the result then change ``a`` too.
-        """
-        if dtype is not None and isinstance(dtype, str):
-            dtype = self.dtype(dtype)
-        if self.kind == "sim" and not isinstance(a, np.ndarray) and hasattr(a, "to_device"):
-            a = a.to_device(self._dev)
-            return a if dtype is None else self.xp.astype(a, dtype)
-        if self.kind == "cuda":
-            with self._cuda_device:
-                return self.xp.asarray(a, dtype=dtype)
-        if self.kind == "cpu":
-            return self.xp.asarray(a, dtype=dtype)
-        return self.xp.asarray(np.asarray(a), dtype=dtype, device=self._dev)
-
-    def to_numpy(self, a):
-        """Copy a device array (or a Python scalar) to a NumPy array on the host."""
-        if isinstance(a, np.ndarray):
-            return a
-        if self.kind == "cuda" and hasattr(a, "get"):
-            return a.get()
-        if self.kind == "sim" and hasattr(a, "to_device"):
-            import array_api_strict as xs
-            return np.asarray(a.to_device(xs.Device("CPU_DEVICE")))
-        return np.asarray(a)
-
-    def check(self, x, what="array"):
-        """Raise a clear error when ``x`` does not live on this device."""
-        try:
-            xp = namespace(x)
-        except TypeError:
-            raise DeviceError(f"{what} is a {type(x).__name__}, not an array on {self.spec}; "
-                              f"move it with device.asarray(...)") from None
-        dev = array_device(x)
-        same = (xp is self.xp and (self.kind != "sim" or dev == self._dev)
-                and (self.kind != "cuda" or getattr(dev, "id", 0) == (self.index or 0)))
-        if not same:
-            raise DeviceError(f"{what} lives on {dev!r} ({xp.__name__}) but the model is on "
-                              f"{self.spec} ({self.xp.__name__}); move it with device.asarray(...)")
-
-    # -- timing and memory ----------------------------------------------------------
-    def synchronize(self):
-        """Wait until all queued work on the device is done (a no-op on the host)."""
-        if self.kind == "cuda":
-            self._cupy.cuda.get_current_stream().synchronize()
-
-    def timer(self):
-        """A stopwatch that measures device time: CUDA events on GPU, ``perf_counter`` elsewhere.
-
-        Use as ``t = device.timer(); t.start(); ...; ms = t.stop()``; ``stop``
-        synchronizes before reading the clock.
-        """
-        return _CudaTimer(self._cupy) if self.kind == "cuda" else _HostTimer()
-
-    def total_memory(self):
-        """Bytes of memory of the device (GPU memory, or host RAM)."""
-        if self.kind == "cuda":
-            return int(self._cupy.cuda.runtime.getDeviceProperties(self.index or 0)["totalGlobalMem"])
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):  # pragma: no cover
-            return 8 << 30
-
-    # -- randomness -----------------------------------------------------------------
-    def rng(self, seed):
-        """A random generator that draws directly on this device (see :class:`DeviceRNG`)."""
-        return DeviceRNG(self, seed)
-
-    def info(self):
-        """A JSON-ready description of the device and its libraries."""
-        d = {"spec": self.spec, "kind": self.kind, "name": self.name,
-             "numpy": np.__version__}
-        if self.kind == "cuda":
-            st = cuda_status()
-            d.update(cupy=st["cupy_version"], driver=st["driver"], cuda_runtime=st["cuda_runtime"])
-        if self.kind == "sim":
-            import array_api_strict
-            d["array_api_strict"] = array_api_strict.__version__
-        return d
-
-
-class _HostTimer:
-    def start(self):
-        self._t = time.perf_counter()
-
-    def stop(self):
-        return (time.perf_counter() - self._t) * 1e3
-
-
-class _CudaTimer:
-    def __init__(self, cupy):
-        self._cupy = cupy
-        self._a = cupy.cuda.Event()
-        self._b = cupy.cuda.Event()
-
-    def start(self):
-        self._a.record()
-
-    def stop(self):
-        self._b.record()
-        self._b.synchronize()
-        return self._cupy.cuda.get_elapsed_time(self._a, self._b)
-
-
-class DeviceRNG:
-    """Random numbers drawn on the device: dropout masks and shuffles cost no host transfer.
-
-    NumPy and CuPy draw with their own ``Generator``; the simulated device has
-    no generator of its own, so it draws on the host and moves the result,
-    which is what a real accelerator would avoid but a stand-in may do.
-    Streams are reproducible per seed and device, not across devices.
-    """
-
-    def __init__(self, device, seed):
-        self.device = device
-        if device.kind == "cuda":
-            # CuPy's Generator has no permutation(); its RandomState draws both on the GPU.
-            with device._cuda_device:
-                self._g = device._cupy.random.RandomState(seed)
-        else:
-            self._g = np.random.default_rng(seed)
-
-    def uniform(self, shape, dtype):
-        """Uniform [0, 1) array of ``shape`` and float ``dtype`` on the device."""
-        name = _dtype_name(dtype)
-        if self.device.kind == "cuda":
-            return self._g.random_sample(shape, dtype=name)
-        r = self._g.random(shape, dtype=name)
-        return r if self.device.kind != "sim" else self.device.asarray(r)
-
-    def permutation(self, n):
-        """A random permutation of ``range(n)`` (int64) on the device."""
-        p = self._g.permutation(n)
-        return p if self.device.kind != "sim" else self.device.asarray(p)
-
-
-def _dtype_name(dtype):
-    s = str(dtype)
-    for name in ("float64", "float32", "float16", "int64", "int32"):
-        if name in s:
-            return name
-    raise TypeError(f"unsupported dtype {dtype!r}")
-
-
-class HostRNG:
-    """The seeded host generator that draws initial weights, so one seed gives the same
-    initial network on every device (the arrays are moved to the device afterwards)."""
-
-    def __init__(self, seed):
-        self._g = np.random.default_rng(seed)
-
-    def normal(self, shape, std=1.0):
-        return std * self._g.standard_normal(shape)
-
-    def uniform(self, low, high, size=None):
-        return self._g.uniform(low, high, size)
-
-    def zeros(self, shape):
-        return np.zeros(shape)
-
-    def ones(self, shape):
-        return np.ones(shape)
-
-
+# --------------------------------------------------------------------------- host facts
 _TUNED = False
 
 
@@ -389,7 +547,8 @@ def _keep_large_blocks():
         pass
 
 
-def _cpu_name():
+def cpu_name():
+    """The CPU's model name."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -400,6 +559,31 @@ def _cpu_name():
     return platform.processor() or platform.machine() or "cpu"
 
 
+def blas_info():
+    """BLAS library and thread count of NumPy, via threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+        libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+        if libs:
+            return {"blas": libs[0].get("internal_api"), "blas_threads": libs[0].get("num_threads"),
+                    "blas_version": libs[0].get("version")}
+    except Exception:  # threadpoolctl missing or unable to inspect this BLAS
+        pass
+    return {"blas": None, "blas_threads": None, "blas_version": None}
+
+
+def versions():
+    """Versions of Python, NumPy (and its BLAS), CuPy, array-api packages and PyTorch (None if absent)."""
+    v = {"python": platform.python_version(), "numpy": np.__version__, **blas_info(),
+         "cpu_count": os.cpu_count()}
+    for mod in ("cupy", "array_api_strict", "array_api_compat", "torch"):
+        try:
+            v[mod] = __import__(mod).__version__
+        except Exception:  # not installed, or a broken install: report it as absent
+            v[mod] = None
+    return v
+
+
 # --------------------------------------------------------------------------- resolution
 def get_device(spec="auto"):
     """Resolve a device string to a :class:`Device`.
@@ -407,38 +591,46 @@ def get_device(spec="auto"):
     Parameters
     ----------
     spec : str or Device
-        ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or ``"sim"``.
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``, ``"sim"`` or ``"sim:N"``.
 
     Raises
     ------
     DeviceError
-        When an explicit ``cuda`` cannot be used; the message names the reason
-        (CuPy not installed, no GPU, driver too old) and how to fix it.
+        When the device cannot be used; the message names the reason (CuPy not
+        installed, no GPU, driver too old) and how to fix it.
     """
     if isinstance(spec, Device):
         return spec
     s = str(spec).strip().lower()
+    kind, _, num = s.partition(":")
+    if num:
+        try:
+            idx = int(num)
+        except ValueError:
+            raise DeviceError(f"bad device {spec!r}: write {kind}:N with N a device number, e.g. {kind}:0",
+                              param="device") from None
     if s == "cpu":
-        return Device("cpu")
-    if s in ("sim", "simulated", "array_api_strict"):
-        return Device("sim")
+        return CPUDevice()
+    if kind == "sim":
+        idx = idx if num else 1
+        if idx not in (1, 2):
+            raise DeviceError(f"device {spec!r} does not exist: the simulated devices are sim:1 and sim:2",
+                              param="device")
+        return SimDevice(idx)
     if s == "auto":
         st = cuda_status()
         if st["available"]:
-            return Device("cuda", 0, reason=f"auto: CUDA GPU found ({st['devices'][0]['name']})")
-        return Device("cpu", reason=f"auto: using the CPU because {st['reason']}")
-    if s == "cuda" or s.startswith("cuda:"):
-        idx = 0
-        if ":" in s:
-            try:
-                idx = int(s.split(":", 1)[1])
-            except ValueError:
-                raise DeviceError(f"bad device {spec!r}: write cuda:N with N a GPU number, e.g. cuda:0") from None
+            return CUDADevice(0, reason=f"auto: CUDA GPU found ({st['devices'][0]['name']})")
+        return CPUDevice(reason=f"auto: using the CPU because {st['reason']}")
+    if kind == "cuda":
+        idx = idx if num else 0
         st = cuda_status()
         if not st["available"]:
-            raise DeviceError(f"device {spec!r} is not usable: {st['reason']}. Use --device cpu or auto.")
+            raise DeviceError(f"device {spec!r} is not usable: {st['reason']}. Use device='cpu' or 'auto'.",
+                              param="device")
         if idx >= len(st["devices"]):
             raise DeviceError(f"device {spec!r} does not exist: {len(st['devices'])} GPU(s) found "
-                              f"(cuda:0..cuda:{len(st['devices']) - 1})")
-        return Device("cuda", idx)
-    raise DeviceError(f"unknown device {spec!r}: choose cpu, cuda, cuda:N, auto or sim")
+                              f"(cuda:0..cuda:{len(st['devices']) - 1})", param="device")
+        return CUDADevice(idx)
+    raise DeviceError(f"unknown device {spec!r}: choose cpu, cuda, cuda:N, auto or sim",
+                      param="device")

@@ -8,34 +8,19 @@ with like.  PyTorch (``--compare-torch``) is optional and never a dependency.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
-import tracemalloc
 
 import numpy as np
 
-from .backend import DeviceError, get_device, cuda_status
+from .backend import cuda_status, get_device, versions
+from .errors import DeviceError
+from .io import write_json
 
 BENCH_MODELS = ("simple_convnet", "deep_convnet", "mlp")
 SCHEMA_KEYS = ("impl", "device", "device_name", "model", "batch_size", "dtype", "phase", "images_per_s",
                "step_ms_median", "step_ms_iqr", "peak_mem_bytes", "steps")
-
-
-def add_bench_args(p):
-    p.add_argument("--devices", default="cpu,cuda", help="comma-separated, e.g. cpu,cuda (default)")
-    p.add_argument("--models", default=",".join(BENCH_MODELS), help="comma-separated: " + ", ".join(BENCH_MODELS))
-    p.add_argument("--batch-sizes", default="32,100,256,1024")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (at most)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--time-budget", type=float, default=10.0,
-                   help="seconds per measurement; fewer steps are timed (at least 3) when exceeded")
-    p.add_argument("--compare-torch", action="store_true", help="also time PyTorch on the same device")
-    p.add_argument("--no-layers", action="store_true", help="skip the conv-layer and optimizer micro-benchmarks")
-    p.add_argument("--conv-batch", type=int, default=256, help="batch of the 64->64 conv layer benchmark")
-    p.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
 
 
 # --------------------------------------------------------------------------- timing
@@ -90,45 +75,20 @@ def make_model(name, device, dtype, seed=0):
 def bench_dualnet(device, model_name, batch, dtype, steps, warmup, budget):
     """Train-step and inference records for one dualnet model on ``device``."""
     from .optimizers import Adam
+    from .training import train_step
     model, shape = make_model(model_name, device, dtype)
     opt = Adam(1e-3)
     rng = np.random.default_rng(0)
     x = device.asarray(rng.random((batch,) + shape), dtype)
     t = device.asarray(rng.integers(0, 10, batch))
-
-    def train():
-        model.loss(x, t, train=True)
-        model.backward()
-        opt.update(model.params, model.grads)
-
-    def infer():
-        model.predict(x, train=False)
-
     out = []
-    for phase, fn in (("train", train), ("infer", infer)):
-        peak = _peak_memory(device, fn)
-        times = time_steps(device.timer, fn, steps, warmup, budget)
-        out.append({"impl": "dualnet", "phase": phase, "peak_mem_bytes": peak, **summarize(times, batch)})
+    with device.bind():
+        for phase, fn in (("train", lambda: train_step(model, opt, x, t)),
+                          ("infer", lambda: model.predict(x, train=False))):
+            peak = device.peak_memory(fn)
+            times = time_steps(device.timer, fn, steps, warmup, budget)
+            out.append({"impl": "dualnet", "phase": phase, "peak_mem_bytes": peak, **summarize(times, batch)})
     return out
-
-
-def _peak_memory(device, fn):
-    """Peak bytes allocated while running ``fn`` once (NumPy via tracemalloc, CuPy via its pool)."""
-    if device.kind == "cuda":
-        pool = device._cupy.get_default_memory_pool()
-        device.synchronize()
-        pool.free_all_blocks()
-        fn()
-        device.synchronize()
-        return int(pool.total_bytes())
-    if device.kind == "cpu":
-        tracemalloc.start()
-        try:
-            fn()
-            return int(tracemalloc.get_traced_memory()[1])
-        finally:
-            tracemalloc.stop()
-    return None
 
 
 # --------------------------------------------------------------------------- torch side
@@ -183,8 +143,10 @@ class _TorchTimer:
 
 
 def bench_torch(torch, device, model_name, batch, dtype, steps, warmup, budget):
-    cuda = device.kind == "cuda"
-    tdev = torch.device(f"cuda:{device.index or 0}" if cuda else "cpu")
+    if device.torch_device is None:
+        raise DeviceError(f"PyTorch has no counterpart of {device.spec}")
+    tdev = torch.device(device.torch_device)
+    cuda = tdev.type == "cuda"
     tdtype = getattr(torch, dtype)
     torch.manual_seed(0)
     net = _torch_model(torch, model_name).to(tdev, tdtype)
@@ -221,13 +183,10 @@ def bench_layers(device, dtype, batch, steps, warmup, budget, gemm_n=None):
     """Conv 64->64 3x3 on 32x32 (forward, backward, achieved GEMM FLOP/s), a large GEMM as the
     device's measured peak, and the Adam update of SimpleConvNet's parameters."""
     from .layers import Convolution
-    from .models import Sequential
     from .optimizers import Adam
     xp = device.xp
     rng = np.random.default_rng(0)
-    conv = Convolution(64, 64, 3, 1, 1)
-    Sequential([conv], (64, 32, 32), device=device, dtype=dtype)  # initializes its parameters
-    conv.need_dx = True
+    conv = Convolution(64, 64, 3, 1, 1, device=device, dtype=dtype)
     x = device.asarray(rng.random((batch, 64, 32, 32)), dtype)
     out = conv.forward(x)
     dout = device.asarray(rng.random(tuple(out.shape)), dtype)
@@ -239,7 +198,7 @@ def bench_layers(device, dtype, batch, steps, warmup, budget, gemm_n=None):
         s = summarize(times, batch)
         recs.append({"impl": "dualnet", "model": "conv64x64_3x3_32x32", "phase": phase,
                      "gflops": flops / (s["step_ms_median"] / 1e3) / 1e9, "peak_mem_bytes": None, **s})
-    n = gemm_n or (8192 if device.kind == "cuda" else 2048)
+    n = gemm_n or (2048 if device.is_host else 8192)
     a = device.asarray(rng.random((n, n)), dtype)
     b = device.asarray(rng.random((n, n)), dtype)
     times = time_steps(device.timer, lambda: xp.matmul(a, b), steps, warmup, budget)
@@ -259,7 +218,6 @@ def bench_layers(device, dtype, batch, steps, warmup, budget, gemm_n=None):
 
 # --------------------------------------------------------------------------- driver
 def environment():
-    from .cli import versions
     v = versions()
     st = cuda_status()
     v.update({"platform": platform.platform(), "cuda_driver": st["driver"], "cuda_runtime": st["cuda_runtime"],
@@ -319,7 +277,7 @@ def _add_ratios(records):
                            r.get("batch_size"), r["phase"])
     index = {key(r): r for r in records}
     for r in records:
-        if r["device"] != "cpu":
+        if r["device"] != "cpu":  # a device spec, not a kind: the CPU row is the baseline
             cpu = index.get(key(r, device="cpu"))
             if cpu:
                 r["speedup_vs_cpu"] = cpu["step_ms_median"] / r["step_ms_median"]
@@ -376,32 +334,6 @@ def plot(result, path):
 
 
 def write_result(result, out_dir):
-    from .checkpoint import atomic_write
-    os.makedirs(out_dir, exist_ok=True)
-    jpath = os.path.join(out_dir, "bench.json")
-    atomic_write(jpath, lambda f: f.write(json.dumps(result, indent=2).encode()))
+    jpath = write_json(os.path.join(out_dir, "bench.json"), result)
     ppath = plot(result, os.path.join(out_dir, "bench.png"))
     return jpath, ppath
-
-
-def _csv(s, conv=str):
-    return [conv(v.strip()) for v in s.split(",") if v.strip()]
-
-
-def cmd_bench(args):
-    from .cli import UserError
-    models = _csv(args.models)
-    bad = [m for m in models if m not in BENCH_MODELS]
-    if bad:
-        raise UserError(f"unknown bench model(s) {', '.join(bad)}; choose from {', '.join(BENCH_MODELS)}")
-    try:
-        batches = _csv(args.batch_sizes, int)
-    except ValueError:
-        raise UserError(f"--batch-sizes must be integers, got {args.batch_sizes!r}") from None
-    result = run_bench(_csv(args.devices), models, batches, args.dtype, args.steps, args.warmup,
-                       args.time_budget, args.compare_torch, not args.no_layers, args.conv_batch)
-    print()
-    print(table(result))
-    j, p = write_result(result, args.out)
-    print(f"\nwrote {j} and {p}")
-    return 0

@@ -10,43 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
+from .errors import CheckpointError
+from .io import atomic_write
 from .models import model_from_config
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "atomic_write", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "CheckpointError"]
 
 FORMAT = "dualnet-checkpoint-1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit; the message names the file and the problem."""
-
-
-def atomic_write(path, write):
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def save_checkpoint(path, model, optimizer=None, meta=None):
@@ -86,7 +60,7 @@ def read_checkpoint(path):
     return doc, arrays
 
 
-def load_checkpoint(path, device="cpu", model=None, optimizer=None, dtype=None):
+def load_checkpoint(path, device="cpu", model=None, optimizer=None, dtype=None, conv_method=None):
     """Load a checkpoint onto ``device``.
 
     Parameters
@@ -103,7 +77,7 @@ def load_checkpoint(path, device="cpu", model=None, optimizer=None, dtype=None):
     """
     doc, arrays = read_checkpoint(path)
     if model is None:
-        model = model_from_config(doc["model"], device=device, dtype=dtype)
+        model = model_from_config(doc["model"], device=device, dtype=dtype, conv_method=conv_method)
     state = {k: v for k, v in arrays.items() if not k.startswith("opt/")}
     try:
         model.load_state(state)

@@ -1,22 +1,24 @@
 """The ``dualnet`` command: train, evaluate, gradcheck, info, bench, study.
 
-Errors a user can cause (bad arguments, missing or damaged data, an unusable
-device, a diverging loss) end with a one-line reason and a non-zero exit code,
-never a traceback.
+This is the front end: it parses flags, calls the library, and turns the errors a
+user can cause (every :class:`dualnet.errors.DualnetError`: bad arguments, missing or
+damaged data, an unusable device, a diverging loss) into one line on stderr and the
+error's exit code.  Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
-EXIT_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+from . import __version__
+from .errors import DualnetError
 
+EXIT_INTERRUPTED = 130  # what a shell reports for a process ended by Ctrl-C
 
-class UserError(Exception):
-    """Ends the command with this one-line message and exit code 2."""
+class UserError(DualnetError):
+    """A mistake on the command line that only the command line can make."""
 
 
 def _checked(convert, ok, what):
@@ -33,8 +35,10 @@ def _checked(convert, ok, what):
 
 
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_positive_float = _checked(float, lambda v: v > 0, "a positive number")
+_positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a finite positive number")
 _fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+_nonneg_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
+_nonneg_float = _checked(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
 
 
 def _device_arg(p):
@@ -42,10 +46,12 @@ def _device_arg(p):
 
 
 def build_parser():
+    from .data import DATASETS
+    from .functions import CONV_METHODS
     from .models import MODELS
     from .optimizers import OPTIMIZERS
-    from .data import DATASETS
     ap = argparse.ArgumentParser(prog="dualnet", description="From-scratch deep learning on NumPy or CuPy.")
+    ap.add_argument("--version", action="version", version=f"dualnet {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model and write metrics, checkpoint and plots")
@@ -59,10 +65,12 @@ def build_parser():
     t.add_argument("--lr", type=_positive_float, help="default: the optimizer's usual one "
                    "(adam: 0.001; 0.003 on digits)")
     t.add_argument("--lr-decay", type=_positive_float, help="lr *= this after every epoch (default 1)")
-    t.add_argument("--weight-decay", type=float, help="L2 lambda on weights (default 0)")
+    t.add_argument("--weight-decay", type=_nonneg_float, help="L2 lambda on weights (default 0)")
     t.add_argument("--dropout", type=_fraction, default=None, help="dropout ratio (mlp, deep_convnet)")
     t.add_argument("--batchnorm", action="store_true", help="batch normalization (mlp, simple_convnet)")
-    t.add_argument("--seed", type=int, help="default: 0")
+    t.add_argument("--seed", type=_nonneg_int, help="default: 0")
+    t.add_argument("--conv", choices=CONV_METHODS, default=None,
+                   help="convolution algorithm (default: auto; im2col is the book's)")
     t.add_argument("--dtype", choices=["float32", "float64"], help="default: float32")
     t.add_argument("--data-dir", default=None)
     t.add_argument("--val-fraction", type=_fraction,
@@ -83,16 +91,37 @@ def build_parser():
     g = sub.add_parser("gradcheck", help="numerical vs backprop gradients, per parameter")
     g.add_argument("--model", choices=list(MODELS), default="simple_convnet")
     g.add_argument("--device", default="cpu")
-    g.add_argument("--tol", type=_positive_float, default=1e-6)
+    g.add_argument("--tol", type=_positive_float, default=1e-6, help="relative error bound (CS231n's rule)")
+    g.add_argument("--atol", type=_positive_float, default=1e-8,
+                   help="absolute error bound, for gradients that are ~0 (e.g. a bias before batch norm)")
     g.add_argument("--checks", type=_positive_int, default=10, help="elements checked per parameter")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=_nonneg_int, default=0)
 
     sub.add_parser("info", help="versions, BLAS, CuPy and GPU status")
 
-    from .bench import add_bench_args
-    add_bench_args(sub.add_parser("bench", help="throughput of dualnet (and PyTorch) on each device"))
-    from .studies import add_study_args
-    add_study_args(sub.add_parser("study", help="the book's experiments, as plots and JSON"))
+    b = sub.add_parser("bench", help="throughput of dualnet (and PyTorch) on each device")
+    b.add_argument("--devices", default="cpu,cuda", help="comma-separated, e.g. cpu,cuda (default)")
+    b.add_argument("--models", default="simple_convnet,deep_convnet,mlp", help="comma-separated")
+    b.add_argument("--batch-sizes", default="32,100,256,1024")
+    b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    b.add_argument("--steps", type=_positive_int, default=20, help="timed steps per measurement (at most)")
+    b.add_argument("--warmup", type=_positive_int, default=3)
+    b.add_argument("--time-budget", type=_positive_float, default=10.0,
+                   help="seconds per measurement; fewer steps are timed (at least 3) when exceeded")
+    b.add_argument("--compare-torch", action="store_true", help="also time PyTorch on the same device")
+    b.add_argument("--no-layers", action="store_true", help="skip the conv-layer and optimizer micro-benchmarks")
+    b.add_argument("--conv-batch", type=_positive_int, default=256, help="batch of the 64->64 conv layer benchmark")
+    b.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
+
+    from .studies import STUDIES
+    s = sub.add_parser("study", help="the book's experiments, as plots and JSON")
+    s.add_argument("name", choices=list(STUDIES) + ["all"])
+    _device_arg(s)
+    s.add_argument("--quick", action="store_true", help="small version: under a minute on 2 CPU cores")
+    s.add_argument("--data-dir", default=None)
+    s.add_argument("--out", default="studies-out")
+    s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.add_argument("--workers", type=_positive_int, default=None, help="parallel processes for `search` on CPU")
     return ap
 
 
@@ -111,6 +140,10 @@ def _model_kwargs(args, data):
         if args.model not in ("mlp", "simple_convnet"):
             raise UserError(f"--batchnorm applies to mlp and simple_convnet, not {args.model}")
         kw["use_batchnorm"] = True
+    if args.conv is not None:
+        if args.model not in ("simple_convnet", "deep_convnet"):
+            raise UserError(f"--conv applies to simple_convnet and deep_convnet, not {args.model}")
+        kw["conv_method"] = args.conv
     if args.model == "simple_convnet" and data.sample_shape[-1] < 16:
         kw.update(filter_size=3, pad=1)  # 8x8 digits: keep the spatial size before pooling
     return kw
@@ -122,7 +155,7 @@ def cmd_train(args):
     from .models import build_model
     from .optimizers import make_optimizer, LRSchedule
     from .checkpoint import read_checkpoint, load_checkpoint
-    from .trainer import Trainer
+    from .training import Trainer, TrainingDiverged
 
     resume_doc = None
     cfg = {}
@@ -133,7 +166,7 @@ def cmd_train(args):
         if getattr(args, k) is None:
             setattr(args, k, cfg.get(k, default))
     dev = get_device(args.device)
-    print(f"device: {dev.spec} ({dev.name})" + (f" - {dev.reason}" if dev.reason else ""), flush=True)
+    print(f"device: {dev.describe()}", flush=True)
     epochs = args.epochs or (20 if args.dataset == "digits" else 10)
     data = load_dataset(args.dataset, data_dir=args.data_dir, flatten=False,
                         val_fraction=args.val_fraction, seed=args.seed)
@@ -144,7 +177,7 @@ def cmd_train(args):
     opt = make_optimizer(args.optimizer, lr)
     lr = opt.lr
     if resume_doc is not None:
-        model, meta = load_checkpoint(args.resume, dev, optimizer=opt)
+        model, meta = load_checkpoint(args.resume, dev, optimizer=opt, conv_method=args.conv)
     else:
         model = build_model(args.model, data.sample_shape, data.num_classes, device=dev, dtype=args.dtype,
                             seed=args.seed, weight_decay=args.weight_decay, **_model_kwargs(args, data))
@@ -171,13 +204,10 @@ def cmd_train(args):
         print(f"\ninterrupted: saved {getattr(tr, 'interrupted_checkpoint', None)}; "
               f"resume with --resume {getattr(tr, 'interrupted_checkpoint', '')}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as e:
-        from .trainer import TrainingDiverged
-        if isinstance(e, TrainingDiverged):
-            ck = os.path.join(out, "checkpoint.npz")
-            kept = f"; last good checkpoint: {ck}" if os.path.exists(ck) else "; no checkpoint was written yet"
-            print(f"dualnet: error: {e}{kept}", file=sys.stderr)
-            return EXIT_DIVERGED
+    except TrainingDiverged as e:
+        ck = os.path.join(out, "checkpoint.npz")
+        kept = f"; last good checkpoint: {ck}" if os.path.exists(ck) else "; no checkpoint was written yet"
+        e.args = (f"{e}{kept}",)
         raise
     wall = time.perf_counter() - t0
     h = tr.history
@@ -186,14 +216,13 @@ def cmd_train(args):
         val_acc = model.accuracy(dev.asarray(data.x_val, model.dtype), dev.asarray(data.t_val))
     metrics = {"config": config, "device": dev.info(), "history": h, "test_acc": h["test_acc"][-1],
                "val_acc": val_acc, "wall_time_s": wall, "steps": tr.step}
-    from .checkpoint import atomic_write
-    atomic_write(os.path.join(out, "metrics.json"),
-                 lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+    from .io import write_json
+    write_json(os.path.join(out, "metrics.json"), metrics)
     if not args.no_plots:
         from . import plots
         plots.plot_loss(tr.iter_loss, os.path.join(out, "loss.png"), f"{args.model} on {args.dataset}")
         plots.plot_accuracy(h, os.path.join(out, "accuracy.png"), f"{args.model} on {args.dataset}")
-        first = next(k for k in model.params if k.endswith(".W"))
+        first = next(k for k, role in model.roles().items() if role == "weight")
         try:
             plots.plot_filters(dev.to_numpy(model.params[first]), os.path.join(out, "filters.png"))
         except ValueError:
@@ -214,7 +243,7 @@ def cmd_evaluate(args):
     if not dataset:
         raise UserError(f"{args.checkpoint} does not record its dataset: pass --dataset")
     dev = get_device(args.device)
-    print(f"device: {dev.spec} ({dev.name})" + (f" - {dev.reason}" if dev.reason else ""))
+    print(f"device: {dev.describe()}")
     model, _ = load_checkpoint(args.checkpoint, dev)
     data = load_dataset(dataset, data_dir=args.data_dir)
     if tuple(data.sample_shape) != model.input_shape:
@@ -242,50 +271,26 @@ def cmd_gradcheck(args):
     x = dev.asarray(hr.standard_normal((4,) + shape), "float64")
     t = dev.asarray(hr.integers(0, 10, 4))
     errors = check_model(model, x, t, max_checks=args.checks, seed=args.seed)
-    print(f"gradient check of {args.model} on {dev.spec}, float64, {args.checks} elements per parameter")
+    print(f"gradient check of {args.model} on {dev.spec}, float64, {args.checks} elements per parameter; "
+          f"a parameter passes when its relative error < {args.tol:g} or its absolute error < {args.atol:g}")
     ok = True
     for k, e in errors.items():
-        good = e < args.tol
+        good = e.ok(args.tol, args.atol)
         ok &= good
-        print(f"  {k:>8} {tuple(model.params[k].shape)!s:>18}  rel error {e:.2e}  {'ok' if good else 'FAIL'}")
-    print("PASS" if ok else f"FAIL: some relative errors are >= {args.tol:g}")
+        print(f"  {k:>8} {tuple(model.params[k].shape)!s:>18}  rel error {e.rel:.2e}  abs error {e.abs:.2e}  "
+              f"{'ok' if good else 'FAIL'}")
+    print("PASS" if ok else f"FAIL: some relative errors are >= {args.tol:g} with absolute errors >= {args.atol:g}")
     return 0 if ok else 1
 
 
 # --------------------------------------------------------------------------- info
-def blas_info():
-    """BLAS library and thread count of NumPy, via threadpoolctl when present."""
-    try:
-        from threadpoolctl import threadpool_info
-        libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-        if libs:
-            return {"blas": libs[0].get("internal_api"), "blas_threads": libs[0].get("num_threads"),
-                    "blas_version": libs[0].get("version")}
-    except Exception:
-        pass
-    return {"blas": None, "blas_threads": None, "blas_version": None}
-
-
-def versions():
-    import platform
-    import numpy
-    v = {"python": platform.python_version(), "numpy": numpy.__version__, **blas_info(),
-         "cpu_count": os.cpu_count()}
-    for mod in ("cupy", "array_api_strict", "array_api_compat", "torch"):
-        try:
-            v[mod] = __import__(mod).__version__
-        except Exception:
-            v[mod] = None
-    return v
-
-
 def cmd_info(args):
-    from .backend import cuda_status, _cpu_name
+    from .backend import cpu_name, cuda_status, versions
     v = versions()
-    print(f"dualnet {__import__('dualnet').__version__}")
+    print(f"dualnet {__version__}")
     print(f"python {v['python']}, numpy {v['numpy']}, array-api-compat {v['array_api_compat']}, "
           f"array-api-strict {v['array_api_strict']}")
-    print(f"CPU: {_cpu_name()} ({v['cpu_count']} logical cores); BLAS {v['blas']} {v['blas_version']} "
+    print(f"CPU: {cpu_name()} ({v['cpu_count']} logical cores); BLAS {v['blas']} {v['blas_version']} "
           f"with {v['blas_threads']} threads")
     st = cuda_status()
     print(f"CuPy: {st['cupy_version'] or 'not installed'}" +
@@ -300,29 +305,69 @@ def cmd_info(args):
     return 0
 
 
+# --------------------------------------------------------------------------- bench
+def _csv(s, conv=str, flag=""):
+    try:
+        return [conv(v.strip()) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} must be a comma-separated list of integers, got {s!r}") from None
+
+
+def cmd_bench(args):
+    from .bench import BENCH_MODELS, run_bench, table, write_result
+    models = _csv(args.models)
+    bad = [m for m in models if m not in BENCH_MODELS]
+    if bad:
+        raise UserError(f"unknown bench model(s) {', '.join(bad)}; choose from {', '.join(BENCH_MODELS)}")
+    batches = _csv(args.batch_sizes, int, "--batch-sizes")
+    if not batches or min(batches) < 1:
+        raise UserError(f"--batch-sizes must be positive integers, got {args.batch_sizes!r}")
+    result = run_bench(_csv(args.devices), models, batches, args.dtype, args.steps, args.warmup,
+                       args.time_budget, args.compare_torch, not args.no_layers, args.conv_batch)
+    print()
+    print(table(result))
+    j, p = write_result(result, args.out)
+    print(f"\nwrote {j} and {p}")
+    return 0
+
+
+# --------------------------------------------------------------------------- study
+def cmd_study(args):
+    from .backend import get_device
+    from .studies import STUDIES, run_study
+    dev = get_device(args.device)
+    print(f"device: {dev.describe()}")
+    for name in (STUDIES if args.name == "all" else (args.name,)):
+        doc = run_study(name, dev, args.quick, args.out, args.data_dir, args.seed, args.workers)
+        print(f"{name}: data {doc.get('data', '-')}, {doc['seconds']:.1f} s -> {args.out}/{name}.json")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
+FLAG_OF = {"method": "--conv", "conv_method": "--conv"}  # arguments whose flag has another name
+
+
+def _with_flag(e, parser, command):
+    """The error's message, plus the flag that sets the Python argument it names."""
+    msg = str(e)
+    if e.param:
+        flag = FLAG_OF.get(e.param, "--" + e.param.replace("_", "-"))
+        sub = parser._subparsers._group_actions[0].choices.get(command) if parser._subparsers else None
+        if sub is not None and flag in sub._option_string_actions:
+            msg += f" (command line: {flag})"
+    return msg
+
+
 def main(argv=None):
     ap = build_parser()
     args = ap.parse_args(argv)
-    from .backend import DeviceError
-    from .data import DataError
-    from .checkpoint import CheckpointError
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "gradcheck": cmd_gradcheck,
-                "info": cmd_info}
+                "info": cmd_info, "bench": cmd_bench, "study": cmd_study}
     try:
-        if args.command == "bench":
-            from .bench import cmd_bench
-            return cmd_bench(args)
-        if args.command == "study":
-            from .studies import cmd_study
-            return cmd_study(args)
         return handlers[args.command](args)
-    except (UserError, DeviceError, DataError, CheckpointError) as e:
-        print(f"dualnet: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
-    except (ValueError, TypeError) as e:  # shape and configuration mismatches from the library
-        print(f"dualnet: error: {e}", file=sys.stderr)
-        return EXIT_ERROR
+    except DualnetError as e:
+        print(f"dualnet: error: {_with_flag(e, ap, args.command)}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -19,14 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checkpoint import atomic_write
+from .errors import ConfigError, DataError
+from .io import atomic_write
 
 __all__ = ["Dataset", "DataError", "load_dataset", "DATASETS", "read_idx", "load_digits",
            "load_mnist", "load_cifar10", "fetch_file"]
-
-
-class DataError(RuntimeError):
-    """Data is missing or damaged; the message lists what was tried and how to fix it."""
 
 
 @dataclass
@@ -225,7 +222,7 @@ def _finish(name, x_train, t_train, x_test, t_test, num_classes, source, normali
     x_val = t_val = None
     if val_fraction:
         if not 0 < val_fraction < 1:
-            raise ValueError(f"validation fraction must be in (0, 1), got {val_fraction}")
+            raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}", param="val_fraction")
         perm = np.random.default_rng(seed).permutation(x_train.shape[0])
         n_val = int(round(val_fraction * x_train.shape[0]))
         x_val, t_val = x_train[perm[:n_val]], t_train[perm[:n_val]]
@@ -238,14 +235,15 @@ def _finish(name, x_train, t_train, x_test, t_test, num_classes, source, normali
 
 
 def load_digits(normalize=True, flatten=False, one_hot=False, val_fraction=0.0, seed=0, **_):
-    """scikit-learn's bundled 8x8 digits (1797 images, no download), fixed split: 1497 train / 300 test."""
-    from sklearn.datasets import load_digits as sk_digits
-    d = sk_digits()
-    x = d.images.reshape(-1, 1, 8, 8)
-    t = d.target
+    """The bundled 8x8 digits (1797 images of the UCI optical-digits set, CC BY 4.0; see
+    ``dualnet/datasets/README.md``), fixed split: 1497 train / 300 test."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "datasets", "digits.npz")
+    with np.load(path, allow_pickle=False) as z:
+        x = z["images"].reshape(-1, 1, 8, 8)
+        t = z["labels"]
     perm = np.random.default_rng(20240101).permutation(x.shape[0])  # fixed split, independent of seed
     tr, te = perm[:1497], perm[1497:]
-    return _finish("digits", x[tr], t[tr], x[te], t[te], 10, "scikit-learn (bundled)",
+    return _finish("digits", x[tr], t[tr], x[te], t[te], 10, "bundled (UCI optical digits, CC BY 4.0)",
                    16.0 if normalize else False, flatten, one_hot, val_fraction, seed,
                    [str(i) for i in range(10)])
 

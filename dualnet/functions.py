@@ -235,7 +235,10 @@ def _check_conv(x, W):
                          f"the filters expect {W.shape[1]} (W shape {tuple(W.shape)})")
 
 
-def conv2d(x, W, b, stride=1, pad=0):
+CONV_METHODS = ("im2col",)
+
+
+def conv2d(x, W, b, stride=1, pad=0, method="im2col"):
     """2-D convolution (cross-correlation) by im2col and one batched matmul.
 
     Parameters
@@ -243,12 +246,16 @@ def conv2d(x, W, b, stride=1, pad=0):
     x : array, shape (N, C, H, W)
     W : array, shape (FN, C, FH, FW)
     b : array, shape (FN,)
+    method : str
+        The algorithm, one of :data:`CONV_METHODS`.
 
     Returns
     -------
     out : array, shape (N, FN, OH, OW)
-    col : array, shape (N, C*FH*FW, OH*OW)   kept for the backward pass
+    ctx : tuple   what :func:`conv2d_backward` needs (opaque to callers)
     """
+    if method not in CONV_METHODS:
+        raise ValueError(f"unknown convolution method {method!r}; choose one of {', '.join(CONV_METHODS)}")
     xp = namespace(x)
     _check_conv(x, W)
     FN, C, FH, FW = W.shape
@@ -258,18 +265,17 @@ def conv2d(x, W, b, stride=1, pad=0):
     col = im2col(x, FH, FW, stride, pad)
     out = xp.matmul(xp.reshape(W, (FN, C * FH * FW)), col)    # (N, FN, OH*OW)
     out = out + xp.reshape(b, (1, FN, 1))
-    return xp.reshape(out, (N, FN, OH, OW)), col
+    return xp.reshape(out, (N, FN, OH, OW)), (col, tuple(x.shape), stride, pad)
 
 
-def conv2d_backward(dout, col, W, x_shape, stride=1, pad=0, need_dx=True):
+def conv2d_backward(dout, ctx, W, need_dx=True):
     """Gradients of :func:`conv2d`.
 
     Parameters
     ----------
     dout : array, shape (N, FN, OH, OW)
-    col : array, shape (N, C*FH*FW, OH*OW)   from the forward pass
+    ctx : the second result of :func:`conv2d`
     W : array, shape (FN, C, FH, FW)
-    x_shape : tuple (N, C, H, W)
     need_dx : bool
         False skips dx (a first layer's input gradient is never used).
 
@@ -278,6 +284,7 @@ def conv2d_backward(dout, col, W, x_shape, stride=1, pad=0, need_dx=True):
     dx : array (N, C, H, W) or None;  dW : array (FN, C, FH, FW);  db : array (FN,)
     """
     xp = namespace(dout)
+    col, x_shape, stride, pad = ctx
     FN, C, FH, FW = W.shape
     N = dout.shape[0]
     d = xp.reshape(dout, (N, FN, dout.shape[2] * dout.shape[3]))
@@ -313,7 +320,7 @@ def max_pool2d(x, PH, PW, stride, pad=0):
     Returns
     -------
     out : array, shape (N, C, OH, OW)
-    xpad : array, shape (N, C, H + 2*pad, W + 2*pad)   input padded with -inf, for backward
+    ctx : tuple   what :func:`max_pool2d_backward` needs (opaque to callers)
     """
     xp = namespace(x)
     OH, OW = _pool_geometry(x, PH, PW, stride, pad, "max pooling")
@@ -325,17 +332,20 @@ def max_pool2d(x, PH, PW, stride, pad=0):
             out = v if out is None else xp.maximum(out, v)
     if out is not None and PH * PW == 1:
         out = xp.asarray(out, copy=True)
-    return out, xpad
+    return out, (xpad, out, tuple(x.shape), PH, PW, stride, pad)
 
 
-def max_pool2d_backward(dout, xpad, out, x_shape, PH, PW, stride, pad=0):
+def max_pool2d_backward(dout, ctx):
     """Route ``dout`` (N, C, OH, OW) to the arg-max of each window; ties go to the first.
+
+    ``ctx`` is the second result of :func:`max_pool2d`.
 
     Returns
     -------
     dx : array, shape (N, C, H, W)
     """
     xp = namespace(dout)
+    xpad, out, x_shape, PH, PW, stride, pad = ctx
     N, C, H, W = x_shape
     OH, OW = dout.shape[2], dout.shape[3]
     disjoint = stride >= PH and stride >= PW

@@ -2,14 +2,31 @@
 
 Central differences are taken on the device, one element at a time, so use
 float64 and small inputs.  ``rel_error(a, b) = max(|a - b| / max(1e-8, |a| + |b|))``.
+
+The relative error says nothing where the true gradient is ~0: a bias feeding a
+batch norm has a gradient of exactly zero, and 1e-17 against 2e-11 is a "relative
+error" near 1.  So a parameter is judged by both: it passes when its relative error
+is below ``tol`` *or* its largest absolute error is below ``atol`` (far below any
+gradient that matters: a wrong backward errs by the size of the gradient itself).
 """
 from __future__ import annotations
 
 import random
+from typing import NamedTuple
 
 from .backend import namespace
 
-__all__ = ["numerical_gradient", "rel_error", "check_model"]
+__all__ = ["numerical_gradient", "rel_error", "check_model", "GradError"]
+
+
+class GradError(NamedTuple):
+    """The errors of one parameter's backprop gradient against the numerical one."""
+
+    rel: float   # CS231n's relative error, largest over the checked elements
+    abs: float   # largest absolute difference
+
+    def ok(self, tol=1e-6, atol=1e-8):
+        return self.rel < tol or self.abs < atol
 
 
 def rel_error(a, b):
@@ -75,7 +92,7 @@ def check_model(model, x, t, max_checks=20, seed=0, h=1e-5):
 
     Returns
     -------
-    dict : parameter name -> relative error
+    dict : parameter name -> :class:`GradError` (relative and absolute error)
     """
     rng = random.Random(seed)
 
@@ -89,5 +106,6 @@ def check_model(model, x, t, max_checks=20, seed=0, h=1e-5):
     for k, p in model.params.items():
         idx = _flat_indices(tuple(p.shape), rng, max_checks)
         num = numerical_gradient(f, p, h, idx)
-        errors[k] = rel_error([float(grads[k][i]) for i in idx], [float(num[i]) for i in idx])
+        a, b = [float(grads[k][i]) for i in idx], [float(num[i]) for i in idx]
+        errors[k] = GradError(rel_error(a, b), max((abs(x - y) for x, y in zip(a, b)), default=0.0))
     return errors

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["weight_std", "INITS"]
+from .errors import ConfigError
 
-INITS = ("xavier", "he", "sigmoid", "relu")
+__all__ = ["weight_std"]
 
 
 def weight_std(weight_init, fan_in):
@@ -27,8 +27,9 @@ def weight_std(weight_init, fan_in):
         try:
             return float(w)
         except ValueError:
-            raise ValueError(f"unknown weight_init {weight_init!r}: use a number, 'xavier' or 'he'") from None
+            raise ConfigError(f"unknown weight_init {weight_init!r}: use a number, 'xavier' or 'he'",
+                              param="weight_init") from None
     std = float(weight_init)
     if not std > 0:
-        raise ValueError(f"weight_init std must be positive, got {weight_init}")
+        raise ConfigError(f"weight_init std must be positive, got {weight_init}", param="weight_init")
     return std

@@ -1,39 +1,98 @@
 """Layers: each forward sits next to its backward, and forward keeps exactly what backward needs.
 
-A layer holds ``params`` and their ``grads`` (dicts of device arrays with the
-same keys), optional ``buffers`` (state saved in checkpoints but not trained,
-such as batchnorm's running statistics), and a ``spec()`` from which it can be
-rebuilt.  Shape letters and gradient names are those of :mod:`dualnet.functions`.
+A layer creates and owns its parameters (``params``, drawn from a seeded host
+generator so one seed gives the same layer on every device), their ``grads`` after
+``backward``, and ``buffers`` (state saved in checkpoints but not trained, such as
+batch norm's running statistics).  Each parameter has a role (``weight``, ``bias``,
+``scale``, ``shift``), which is how weight decay picks the weights.  A layer works
+alone:
+
+>>> fc = Affine(3, 2, device="cpu", seed=0)
+>>> out = fc.forward(x, train=True); dx = fc.backward(dout); fc.grads["W"]
+
+``spec()`` describes the layer so it can be rebuilt (:func:`layer_from_spec`).
+Shape letters and gradient names are those of :mod:`dualnet.functions`.
 """
 from __future__ import annotations
 
+import math
+
 from . import functions as F
-from .backend import namespace
+from .backend import HostRNG, get_device, namespace
+from .errors import ConfigError, ShapeError
 from .init import weight_std
 
 __all__ = ["Layer", "Affine", "ReLU", "Sigmoid", "Tanh", "Flatten", "Convolution",
-           "MaxPooling", "AvgPooling", "BatchNormalization", "Dropout", "SoftmaxWithLoss",
+           "MaxPooling", "AvgPooling", "BatchNormalization", "Dropout", "Loss", "SoftmaxWithLoss",
            "LAYERS", "layer_from_spec"]
 
 
 class Layer:
-    """Base class.
+    """Base class: ``forward(x, train=False)`` and ``backward(dout)``.
+
+    Parameters (keyword-only, for every layer)
+    ----------
+    device : str or Device, default "cpu"
+    dtype : {"float32", "float64"}
+    seed : int or HostRNG
+        Draws the initial parameters on the host.
+    weight_init : float or {"he", "xavier"}
+        Standard deviation rule for weights (see :mod:`dualnet.init`).
 
     Attributes
     ----------
     params, grads : dict[str, array]
     buffers : dict[str, array]
+    roles : dict[str, str]
+        Role of each parameter: ``"weight"``, ``"bias"``, ``"scale"`` or ``"shift"``.
     need_dx : bool
         When False, ``backward`` skips the input gradient and returns None
-        (set on a network's first layer, whose dx nobody uses).
+        (a network sets it on its first layer, whose dx nobody uses).
     """
 
-    def __init__(self):
-        self.params = {}
-        self.grads = {}
-        self.buffers = {}
-        self.need_dx = True
+    roles = {}
 
+    def __init__(self, *, device="cpu", dtype="float32", seed=0, weight_init="he"):
+        self.device = get_device(device)
+        self.dtype = _check_dtype(dtype)
+        self.weight_init = weight_init
+        self.params, self.grads, self.buffers = {}, {}, {}
+        self.need_dx = True
+        self.reset_parameters(seed)
+
+    # -- parameters ----------------------------------------------------------------
+    def reset_parameters(self, rng=0, weight_init=None):
+        """Draw fresh parameters and buffers from ``rng`` (a seed or a :class:`HostRNG`)."""
+        if weight_init is not None:
+            self.weight_init = weight_init
+        host = rng if isinstance(rng, HostRNG) else HostRNG(rng)
+        dt = self.device.dtype(self.dtype)
+        with self.device.bind():
+            self.params = {k: self.device.asarray(v, dt) for k, v in self._init_params(host).items()}
+            self.buffers = {k: self.device.asarray(v, dt) for k, v in self._init_buffers().items()}
+        self.grads = {}
+        return self
+
+    def to(self, device=None, dtype=None):
+        """Move parameters and buffers to ``device`` and/or ``dtype`` (copies); returns self."""
+        self.device = get_device(device if device is not None else self.device)
+        self.dtype = _check_dtype(dtype or self.dtype)
+        dt = self.device.dtype(self.dtype)
+        with self.device.bind():
+            self.params = {k: self.device.asarray(v, dt) for k, v in self.params.items()}
+            self.buffers = {k: self.device.asarray(v, dt) for k, v in self.buffers.items()}
+        self.grads = {}
+        return self
+
+    def _init_params(self, rng):
+        """Initial parameters as host arrays, drawn from ``rng`` (a :class:`HostRNG`)."""
+        return {}
+
+    def _init_buffers(self):
+        """Initial buffers as host arrays."""
+        return {}
+
+    # -- description -------------------------------------------------------------------
     def spec(self):
         """JSON-ready description that :func:`layer_from_spec` rebuilds the layer from."""
         return {"type": type(self).__name__, **self._kwargs()}
@@ -45,14 +104,6 @@ class Layer:
         """Shape of one sample's output for one sample's input ``shape`` (no batch axis)."""
         return shape
 
-    def init_params(self, rng, weight_init):
-        """Initial parameters as host arrays, drawn from ``rng`` (a :class:`dualnet.backend.HostRNG`)."""
-        return {}
-
-    def init_buffers(self, rng):
-        """Initial buffers as host arrays."""
-        return {}
-
     def forward(self, x, train=False):
         raise NotImplementedError
 
@@ -62,6 +113,20 @@ class Layer:
     def __repr__(self):
         kw = ", ".join(f"{k}={v!r}" for k, v in self._kwargs().items())
         return f"{type(self).__name__}({kw})"
+
+
+def _output_size(size, k, stride, pad, what):
+    try:
+        return F.output_size(size, k, stride, pad, what)
+    except ValueError as e:
+        raise ShapeError(str(e)) from None
+
+
+def _check_dtype(dtype):
+    d = str(dtype)
+    if d not in ("float32", "float64"):
+        raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}", param="dtype")
+    return d
 
 
 # --------------------------------------------------------------------------- activations
@@ -97,10 +162,7 @@ class Flatten(Layer):
     """(N, ...) -> (N, prod(...))."""
 
     def output_shape(self, shape):
-        n = 1
-        for s in shape:
-            n *= s
-        return (n,)
+        return (math.prod(shape),)
 
     def forward(self, x, train=False):
         self.x_shape = x.shape
@@ -117,24 +179,24 @@ class Affine(Layer):
     W : (in_features, out_features);  b : (out_features,)
     """
 
-    def __init__(self, in_features, out_features):
-        super().__init__()
+    roles = {"W": "weight", "b": "bias"}
+
+    def __init__(self, in_features, out_features, **kw):
         self.in_features, self.out_features = int(in_features), int(out_features)
+        super().__init__(**kw)
 
     def _kwargs(self):
         return {"in_features": self.in_features, "out_features": self.out_features}
 
     def output_shape(self, shape):
-        n = 1
-        for s in shape:
-            n *= s
+        n = math.prod(shape)
         if n != self.in_features:
-            raise ValueError(f"Affine expects {self.in_features} input features but gets input of "
+            raise ShapeError(f"Affine expects {self.in_features} input features but gets input of "
                              f"shape {shape} ({n} features)")
         return (self.out_features,)
 
-    def init_params(self, rng, weight_init):
-        std = weight_std(weight_init, self.in_features)
+    def _init_params(self, rng):
+        std = weight_std(self.weight_init, self.in_features)
         return {"W": rng.normal((self.in_features, self.out_features), std),
                 "b": rng.zeros(self.out_features)}
 
@@ -144,7 +206,7 @@ class Affine(Layer):
         self.x_shape = x.shape
         x2 = xp.reshape(x, (x.shape[0], -1))
         if x2.shape[1] != W.shape[0]:
-            raise ValueError(f"Affine: input of shape {tuple(x.shape)} has {x2.shape[1]} features "
+            raise ShapeError(f"Affine: input of shape {tuple(x.shape)} has {x2.shape[1]} features "
                              f"but W has shape {tuple(W.shape)} (expects {W.shape[0]})")
         self.x2 = x2
         return xp.matmul(x2, W) + b
@@ -161,16 +223,26 @@ class Affine(Layer):
 
 # --------------------------------------------------------------------------- convolution
 class Convolution(Layer):
-    """2-D convolution by im2col/col2im.
+    """2-D convolution.
 
     W : (FN, C, FH, FW);  b : (FN,);  x : (N, C, H, W) -> out : (N, FN, OH, OW)
+
+    ``method`` picks the algorithm (one of :data:`dualnet.functions.CONV_METHODS`);
+    ``"im2col"`` is the book's, the reference every other method is tested against.
+    It is not part of :meth:`spec`: a checkpoint loads into any method.
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad=0):
-        super().__init__()
+    roles = {"W": "weight", "b": "bias"}
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad=0, method=None, **kw):
         k = kernel_size if isinstance(kernel_size, (tuple, list)) else (kernel_size, kernel_size)
         self.C, self.FN, self.FH, self.FW = int(in_channels), int(out_channels), int(k[0]), int(k[1])
         self.stride, self.pad = int(stride), int(pad)
+        self.method = method or F.CONV_METHODS[0]
+        if self.method not in F.CONV_METHODS:
+            raise ConfigError(f"unknown convolution method {method!r}; choose one of "
+                              f"{', '.join(F.CONV_METHODS)}", param="method")
+        super().__init__(**kw)
 
     def _kwargs(self):
         return {"in_channels": self.C, "out_channels": self.FN, "kernel_size": [self.FH, self.FW],
@@ -178,55 +250,52 @@ class Convolution(Layer):
 
     def output_shape(self, shape):
         if len(shape) != 3 or shape[0] != self.C:
-            raise ValueError(f"Convolution expects input (C={self.C}, H, W) per sample but gets {shape}")
-        return (self.FN, F.output_size(shape[1], self.FH, self.stride, self.pad),
-                F.output_size(shape[2], self.FW, self.stride, self.pad))
+            raise ShapeError(f"Convolution expects input (C={self.C}, H, W) per sample but gets {shape}")
+        return (self.FN, _output_size(shape[1], self.FH, self.stride, self.pad, "convolution"),
+                _output_size(shape[2], self.FW, self.stride, self.pad, "convolution"))
 
-    def init_params(self, rng, weight_init):
-        std = weight_std(weight_init, self.C * self.FH * self.FW)
+    def _init_params(self, rng):
+        std = weight_std(self.weight_init, self.C * self.FH * self.FW)
         return {"W": rng.normal((self.FN, self.C, self.FH, self.FW), std), "b": rng.zeros(self.FN)}
 
     def forward(self, x, train=False):
-        out, self.col = F.conv2d(x, self.params["W"], self.params["b"], self.stride, self.pad)
-        self.x_shape = x.shape
+        out, self.ctx = F.conv2d(x, self.params["W"], self.params["b"], self.stride, self.pad, self.method)
         return out
 
     def backward(self, dout):
         dx, self.grads["W"], self.grads["b"] = F.conv2d_backward(
-            dout, self.col, self.params["W"], self.x_shape, self.stride, self.pad, self.need_dx)
+            dout, self.ctx, self.params["W"], self.need_dx)
         return dx
 
 
 # --------------------------------------------------------------------------- pooling
 class _Pooling(Layer):
-    def __init__(self, pool_h, pool_w=None, stride=None, pad=0):
-        super().__init__()
+    def __init__(self, pool_h, pool_w=None, stride=None, pad=0, **kw):
         self.PH = int(pool_h)
         self.PW = int(pool_w if pool_w is not None else pool_h)
         self.stride = int(stride if stride is not None else self.PH)
         self.pad = int(pad)
+        super().__init__(**kw)
 
     def _kwargs(self):
         return {"pool_h": self.PH, "pool_w": self.PW, "stride": self.stride, "pad": self.pad}
 
     def output_shape(self, shape):
         if len(shape) != 3:
-            raise ValueError(f"{type(self).__name__} expects (C, H, W) per sample but gets {shape}")
-        return (shape[0], F.output_size(shape[1], self.PH, self.stride, self.pad, "pooling"),
-                F.output_size(shape[2], self.PW, self.stride, self.pad, "pooling"))
+            raise ShapeError(f"{type(self).__name__} expects (C, H, W) per sample but gets {shape}")
+        return (shape[0], _output_size(shape[1], self.PH, self.stride, self.pad, "pooling"),
+                _output_size(shape[2], self.PW, self.stride, self.pad, "pooling"))
 
 
 class MaxPooling(_Pooling):
     """Max over PH x PW windows per channel: (N, C, H, W) -> (N, C, OH, OW)."""
 
     def forward(self, x, train=False):
-        self.x_shape = x.shape
-        self.out, self.xpad = F.max_pool2d(x, self.PH, self.PW, self.stride, self.pad)
-        return self.out
+        out, self.ctx = F.max_pool2d(x, self.PH, self.PW, self.stride, self.pad)
+        return out
 
     def backward(self, dout):
-        return F.max_pool2d_backward(dout, self.xpad, self.out, self.x_shape,
-                                     self.PH, self.PW, self.stride, self.pad)
+        return F.max_pool2d_backward(dout, self.ctx)
 
 
 class AvgPooling(_Pooling):
@@ -240,10 +309,6 @@ class AvgPooling(_Pooling):
         return F.avg_pool2d_backward(dout, self.x_shape, self.PH, self.PW, self.stride, self.pad)
 
 
-# Book name.
-Pooling = MaxPooling
-
-
 # --------------------------------------------------------------------------- normalization
 class BatchNormalization(Layer):
     """Batch normalization per feature of (N, D) or per channel of (N, C, H, W).
@@ -252,36 +317,38 @@ class BatchNormalization(Layer):
     training as ``momentum * running + (1 - momentum) * batch`` and used in eval.
     """
 
-    def __init__(self, num_features, momentum=0.9, eps=1e-5):
-        super().__init__()
+    roles = {"gamma": "scale", "beta": "shift"}
+
+    def __init__(self, num_features, momentum=0.9, eps=1e-5, **kw):
         self.D, self.momentum, self.eps = int(num_features), float(momentum), float(eps)
+        super().__init__(**kw)
 
     def _kwargs(self):
         return {"num_features": self.D, "momentum": self.momentum, "eps": self.eps}
 
     def output_shape(self, shape):
         if shape[0] != self.D:
-            raise ValueError(f"BatchNormalization has {self.D} features but gets input {shape}")
+            raise ShapeError(f"BatchNormalization has {self.D} features but gets input {shape}")
         return shape
 
-    def init_params(self, rng, weight_init):
+    def _init_params(self, rng):
         return {"gamma": rng.ones(self.D), "beta": rng.zeros(self.D)}
 
-    def init_buffers(self, rng):
-        return {"running_mean": rng.zeros(self.D), "running_var": rng.ones(self.D)}
+    def _init_buffers(self):
+        return {"running_mean": HostRNG.zeros(self.D), "running_var": HostRNG.ones(self.D)}
 
     def _axes(self, x):
         if x.ndim == 2:
             return (0,), (1, self.D)
         if x.ndim == 4:
             return (0, 2, 3), (1, self.D, 1, 1)
-        raise ValueError(f"BatchNormalization expects (N, D) or (N, C, H, W), got {tuple(x.shape)}")
+        raise ShapeError(f"BatchNormalization expects (N, D) or (N, C, H, W), got {tuple(x.shape)}")
 
     def forward(self, x, train=False):
         xp = namespace(x)
         axes, bshape = self._axes(x)
         if x.shape[1] != self.D:
-            raise ValueError(f"BatchNormalization has {self.D} features but input shape is {tuple(x.shape)}")
+            raise ShapeError(f"BatchNormalization has {self.D} features but input shape is {tuple(x.shape)}")
         gamma = xp.reshape(self.params["gamma"], bshape)
         beta = xp.reshape(self.params["beta"], bshape)
         self.train = train
@@ -318,25 +385,33 @@ class BatchNormalization(Layer):
 
 class Dropout(Layer):
     """Inverted dropout: in training keep each unit with probability 1 - ratio and scale by
-    1/(1 - ratio), so evaluation is the identity. Masks come from ``self.rng``, a
-    :class:`dualnet.backend.DeviceRNG` that the network sets, so they are drawn on the device."""
+    1/(1 - ratio), so evaluation is the identity.  Masks are drawn on the layer's device by
+    ``self.rng`` (seeded by ``seed``; :meth:`set_seed` re-seeds it)."""
 
-    def __init__(self, ratio=0.5):
-        super().__init__()
+    def __init__(self, ratio=0.5, **kw):
         if not 0.0 <= float(ratio) < 1.0:
-            raise ValueError(f"dropout ratio must be in [0, 1), got {ratio}")
+            raise ConfigError(f"dropout ratio must be in [0, 1), got {ratio}", param="dropout")
         self.ratio = float(ratio)
-        self.rng = None
+        super().__init__(**kw)
+        self.set_seed(kw.get("seed", 0))
 
     def _kwargs(self):
         return {"ratio": self.ratio}
+
+    def set_seed(self, seed):
+        """Re-seed the device generator that draws the masks."""
+        self.seed = int(seed)
+        self.rng = self.device.rng(self.seed)
+
+    def to(self, device=None, dtype=None):
+        super().to(device, dtype)
+        self.set_seed(self.seed)  # a generator of the new device
+        return self
 
     def forward(self, x, train=False):
         self.mask = None
         if not train or self.ratio == 0.0:
             return x
-        if self.rng is None:
-            raise RuntimeError("Dropout needs a random generator: build it inside a Sequential or set layer.rng")
         self.mask = self.rng.uniform(tuple(x.shape), x.dtype) >= self.ratio
         return F.dropout(x, self.mask, self.ratio)
 
@@ -345,7 +420,25 @@ class Dropout(Layer):
 
 
 # --------------------------------------------------------------------------- loss
-class SoftmaxWithLoss(Layer):
+class Loss:
+    """Base of loss layers: ``forward(scores, t)`` returns the mean loss (0-d array) of a batch
+    against labels ``t``; ``backward(dout=1.0)`` returns d loss / d scores.  A loss has no
+    parameters, so it is not a :class:`Layer` and has no ``train`` flag."""
+
+    def spec(self):
+        return {"type": type(self).__name__}
+
+    def forward(self, x, t):
+        raise NotImplementedError
+
+    def backward(self, dout=1.0):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class SoftmaxWithLoss(Loss):
     """Softmax followed by mean cross-entropy; labels as integers (N,) or one-hot (N, K)."""
 
     def forward(self, x, t):
@@ -365,5 +458,5 @@ def layer_from_spec(spec):
     spec = dict(spec)
     name = spec.pop("type")
     if name not in LAYERS:
-        raise ValueError(f"unknown layer type {name!r}; known: {', '.join(sorted(LAYERS))}")
+        raise ConfigError(f"unknown layer type {name!r}; known: {', '.join(sorted(LAYERS))}")
     return LAYERS[name](**spec)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from .backend import namespace
+from .errors import CheckpointError, ConfigError
 
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "OPTIMIZERS",
            "make_optimizer", "LRSchedule"]
@@ -25,6 +26,8 @@ class Optimizer:
 
     def __init__(self, lr):
         self.lr = float(lr)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a finite number > 0, got {lr!r}", param="lr")
         self.state = {s: {} for s in self.slots}
         self.t = 0
 
@@ -50,15 +53,17 @@ class Optimizer:
 
     def load_state_dict(self, scalars, arrays, device):
         if scalars.get("type") != type(self).__name__:
-            raise ValueError(f"checkpoint optimizer is {scalars.get('type')} but this run uses "
-                             f"{type(self).__name__}; resume with --optimizer {scalars.get('type', '').lower()}")
+            raise CheckpointError(f"checkpoint optimizer is {scalars.get('type')} but this run uses "
+                                  f"{type(self).__name__}; resume with optimizer="
+                                  f"'{str(scalars.get('type', '')).lower()}'", param="optimizer")
         self.t = int(scalars["t"])
         for h in self.hyper:
             setattr(self, h, float(scalars[h]))
         self.state = {s: {} for s in self.slots}
-        for key, v in arrays.items():
-            s, k = key.split("/", 1)
-            self.state[s][k] = device.xp.asarray(device.asarray(v), copy=True)  # never alias the source
+        with device.bind():
+            for key, v in arrays.items():
+                s, k = key.split("/", 1)
+                self.state[s][k] = device.xp.asarray(device.asarray(v), copy=True)  # never alias the source
 
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(f'{h}={getattr(self, h):g}' for h in self.hyper)})"
@@ -166,7 +171,8 @@ def make_optimizer(name, lr=None):
     """Optimizer ``name`` (see :data:`OPTIMIZERS`) with ``lr`` or its usual default."""
     key = name.lower()
     if key not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+        raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}",
+                          param="optimizer")
     return OPTIMIZERS[key](lr=DEFAULT_LR[key] if lr is None else lr)
 
 
@@ -179,9 +185,9 @@ class LRSchedule:
 
     def __init__(self, base_lr, decay=1.0, kind="exponential", step_size=1):
         if kind not in ("exponential", "step"):
-            raise ValueError(f"lr schedule kind must be 'exponential' or 'step', got {kind!r}")
+            raise ConfigError(f"lr schedule kind must be 'exponential' or 'step', got {kind!r}", param="kind")
         if not 0 < decay <= 1:
-            raise ValueError(f"lr decay must be in (0, 1], got {decay}")
+            raise ConfigError(f"lr decay must be in (0, 1], got {decay}", param="lr_decay")
         self.base_lr, self.decay, self.kind, self.step_size = float(base_lr), float(decay), kind, int(step_size)
 
     def __call__(self, epoch):

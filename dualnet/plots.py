@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .checkpoint import atomic_write
+from .io import atomic_write
 
 
 def _fig(nrows=1, ncols=1, **kw):

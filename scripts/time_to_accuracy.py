@@ -10,7 +10,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import dualnet as dn  # noqa: E402
@@ -21,18 +20,20 @@ def run_dualnet(data, target, max_epochs, eval_every, seed):
     dev = dn.get_device("cpu")
     net = dn.SimpleConvNet(device=dev, seed=seed)
     opt = dn.Adam(1e-3)
-    xp = dev.xp
-    X, T = dev.asarray(data.x_train, "float32"), dev.asarray(data.t_train)
-    Xte, Tte = dev.asarray(data.x_test, "float32"), dev.asarray(data.t_test)
+    train = dn.BatchSource(data.x_train, data.t_train, dev, "float32", 100)
+    test = dn.BatchSource(data.x_test, data.t_test, dev, "float32", 1000, on_device=train.on_device)
+    Xte, Tte = test.head(test.num_samples)
     train_s, step, curve = 0.0, 0, []
     for epoch in range(max_epochs):
-        perm = dev.rng(seed + epoch).permutation(X.shape[0])
-        for i in range(0, X.shape[0], 100):
-            t0 = time.perf_counter()
-            idx = perm[i:i + 100]
-            net.loss(xp.take(X, idx, axis=0), xp.take(T, idx, axis=0), train=True)
-            net.backward()
-            opt.update(net.params, net.grads)
+        batches = train.epoch(seed + epoch)
+        while True:
+            t0 = time.perf_counter()  # the batch gather is part of the step, as in the trainer
+            try:
+                xb, tb = next(batches)
+            except StopIteration:
+                break
+            dn.train_step(net, opt, xb, tb)
+            dev.synchronize()
             train_s += time.perf_counter() - t0
             step += 1
             if step % eval_every == 0:

@@ -12,8 +12,8 @@ def small_run(devices, **kw):
                            gemm_n=64, log=lambda *_: None, **kw)
 
 
-@pytest.mark.parametrize("spec", ["cpu", "sim"])
-def test_records_follow_the_schema(spec):
+def test_records_follow_the_schema(device):
+    spec = device.spec
     res = small_run([spec])
     train = [r for r in res["records"] if r["phase"] in ("train", "infer")]
     assert len(train) == 2 * 2 * 2
@@ -29,7 +29,7 @@ def test_records_follow_the_schema(spec):
     env = res["environment"]
     for k in ("numpy", "python", "blas_threads", "cupy", "cuda_driver"):
         assert k in env
-    if spec == "cpu":
+    if device.peak_memory(lambda: None) is not None:  # measurable on this backend
         assert all(r["peak_mem_bytes"] > 0 for r in train)
     json.dumps(res)  # JSON-ready
 
@@ -72,17 +72,22 @@ def test_ratios_are_computed():
     assert "ratio_vs_torch" not in recs[0]
 
 
-def test_bench_command_writes_json_and_png(tmp_path, capsys):
-    code = main(["bench", "--devices", "cpu,cuda", "--models", "mlp", "--batch-sizes", "4", "--steps", "3",
+def test_bench_command_writes_json_and_png(tmp_path, capsys, device):
+    code = main(["bench", "--devices", f"cpu,{device.spec},cuda:7", "--models", "mlp", "--batch-sizes", "4", "--steps", "3",
                  "--warmup", "1", "--no-layers", "--compare-torch", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
-    assert "skipped dualnet on cuda" in out or "cuda:0" in out
+    assert "skipped dualnet on cuda:7" in out
     res = json.loads((tmp_path / "bench.json").read_text())
     assert res["records"] and (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     try:
         import torch  # noqa: F401
-        assert any(r["impl"] == "torch" for r in res["records"]) and "/torch" in out
+        assert any(r["impl"] == "torch" and r["device"] == "cpu" for r in res["records"]) and "/torch" in out
         assert any("ratio_vs_torch" in r for r in res["records"])
     except ImportError:
         assert any(s["impl"] == "torch" for s in res["skipped"])
+
+
+def test_bad_batch_sizes_are_a_clear_error(capsys):
+    assert main(["bench", "--devices", "cpu", "--batch-sizes", "0", "--no-layers"]) == 2
+    assert "--batch-sizes" in capsys.readouterr().err

@@ -75,7 +75,7 @@ def test_damaged_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_written_files_have_ordinary_permissions(tmp_path):
-    from dualnet.checkpoint import atomic_write
+    from dualnet.io import atomic_write
     old = os.umask(0o022)
     try:
         atomic_write(tmp_path / "f.txt", lambda f: f.write(b"x"))

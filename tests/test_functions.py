@@ -79,7 +79,7 @@ def test_conv2d_matches_direct_loops(device, rng, C, H, W, FN, FH, FW, stride, p
     x = rng.standard_normal((2, C, H, W))
     Wt = rng.standard_normal((FN, C, FH, FW))
     b = rng.standard_normal(FN)
-    out, col = F.conv2d(device.asarray(x, "float64"), device.asarray(Wt, "float64"),
+    out, _ = F.conv2d(device.asarray(x, "float64"), device.asarray(Wt, "float64"),
                         device.asarray(b, "float64"), stride, pad)
     np.testing.assert_allclose(device.to_numpy(out), conv_reference(x, Wt, b, stride, pad), atol=1e-10)
 
@@ -109,9 +109,8 @@ def test_pooling_matches_direct_loops(device, rng, H, PH, PW, stride, pad):
 def test_max_pool_backward_routes_ties_to_first(device):
     x = np.zeros((1, 1, 2, 2))
     x[0, 0, 1, 1] = -1.0  # three tied maxima of 0
-    out, xpad = F.max_pool2d(device.asarray(x, "float64"), 2, 2, 2)
-    dx = F.max_pool2d_backward(device.asarray(np.array([[[[5.0]]]]), "float64"), xpad, out,
-                               x.shape, 2, 2, 2)
+    out, ctx = F.max_pool2d(device.asarray(x, "float64"), 2, 2, 2)
+    dx = F.max_pool2d_backward(device.asarray(np.array([[[[5.0]]]]), "float64"), ctx)
     np.testing.assert_array_equal(device.to_numpy(dx)[0, 0], [[5.0, 0.0], [0.0, 0.0]])
 
 

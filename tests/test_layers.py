@@ -3,17 +3,13 @@ import numpy as np
 import pytest
 
 from dualnet import layers as L
-from dualnet.backend import HostRNG
 from dualnet.gradcheck import numerical_gradient, rel_error
 from conftest import away_from_zero
 
 
-def build(layer, device):
-    host = HostRNG(0)
-    dt = device.dtype("float64")
-    layer.params = {k: device.asarray(v, dt) for k, v in layer.init_params(host, 0.5).items()}
-    layer.buffers = {k: device.asarray(v, dt) for k, v in layer.init_buffers(host).items()}
-    return layer
+def build(cls, device, *args, **kw):
+    """A layer built alone, as a user would: float64 on ``device``, weights of std 0.5."""
+    return cls(*args, device=device, dtype="float64", weight_init=0.5, **kw)
 
 
 def check_layer(layer, device, x, train=True, reseed=None, tol=1e-7):
@@ -38,7 +34,7 @@ def check_layer(layer, device, x, train=True, reseed=None, tol=1e-7):
 
 
 def test_affine_flattens_any_rank(device, rng):
-    layer = build(L.Affine(12, 5), device)
+    layer = build(L.Affine, device, 12, 5)
     check_layer(layer, device, rng.standard_normal((3, 3, 2, 2)))
     out = layer.forward(device.asarray(rng.standard_normal((3, 3, 2, 2)), "float64"))
     assert tuple(out.shape) == (3, 5)
@@ -46,7 +42,7 @@ def test_affine_flattens_any_rank(device, rng):
 
 
 def test_affine_skips_dx_when_not_needed(device, rng):
-    layer = build(L.Affine(4, 2), device)
+    layer = build(L.Affine, device, 4, 2)
     layer.need_dx = False
     layer.forward(device.asarray(rng.standard_normal((2, 4)), "float64"))
     assert layer.backward(device.asarray(np.ones((2, 2)), "float64")) is None
@@ -55,13 +51,13 @@ def test_affine_skips_dx_when_not_needed(device, rng):
 
 @pytest.mark.parametrize("cls", [L.ReLU, L.Sigmoid, L.Tanh, L.Flatten])
 def test_activation_layers(device, rng, cls):
-    check_layer(build(cls(), device), device, away_from_zero(rng, (3, 2, 3, 3)))
+    check_layer(build(cls, device), device, away_from_zero(rng, (3, 2, 3, 3)))
 
 
 @pytest.mark.parametrize("C,FN,k,stride,pad,H", [(1, 2, 3, 1, 0, 6), (3, 4, 3, 1, 1, 5), (2, 3, 3, 2, 1, 7),
                                                   (2, 2, 2, 2, 0, 6)])
 def test_convolution(device, rng, C, FN, k, stride, pad, H):
-    check_layer(build(L.Convolution(C, FN, k, stride, pad), device), device, rng.standard_normal((2, C, H, H)))
+    check_layer(build(L.Convolution, device, C, FN, k, stride, pad), device, rng.standard_normal((2, C, H, H)))
 
 
 @pytest.mark.parametrize("cls", [L.MaxPooling, L.AvgPooling])
@@ -69,13 +65,13 @@ def test_convolution(device, rng, C, FN, k, stride, pad, H):
 def test_pooling(device, cls, k, stride, pad, H):
     # distinct values spaced apart so no max is tied or flipped by the finite difference
     x = np.random.default_rng(2).permutation(2 * 2 * H * H).reshape(2, 2, H, H) * 0.01
-    check_layer(build(cls(k, k, stride, pad), device), device, x)
+    check_layer(build(cls, device, k, k, stride, pad), device, x)
 
 
 @pytest.mark.parametrize("shape", [(6, 4), (4, 3, 3, 3)])
 @pytest.mark.parametrize("train", [True, False])
 def test_batchnorm(device, rng, shape, train):
-    layer = build(L.BatchNormalization(shape[1]), device)
+    layer = build(L.BatchNormalization, device, shape[1])
     dt = device.dtype("float64")
     layer.params["gamma"] = device.asarray(rng.uniform(0.5, 1.5, shape[1]), dt)
     layer.params["beta"] = device.asarray(rng.standard_normal(shape[1]), dt)
@@ -83,7 +79,7 @@ def test_batchnorm(device, rng, shape, train):
 
 
 def test_batchnorm_running_stats_and_eval(device, rng):
-    layer = build(L.BatchNormalization(3, momentum=0.5), device)
+    layer = build(L.BatchNormalization, device, 3, momentum=0.5)
     x = rng.standard_normal((50, 3)) * 2 + 3
     out = device.to_numpy(layer.forward(device.asarray(x, "float64"), train=True))
     np.testing.assert_allclose(out.mean(0), 0, atol=1e-12)
@@ -96,8 +92,8 @@ def test_batchnorm_running_stats_and_eval(device, rng):
 
 
 def test_dropout(device, rng):
-    layer = L.Dropout(0.4)
-    reseed = lambda: setattr(layer, "rng", device.rng(7))  # noqa: E731
+    layer = L.Dropout(0.4, device=device)
+    reseed = lambda: layer.set_seed(7)  # noqa: E731
     reseed()
     check_layer(layer, device, rng.standard_normal((50, 40)), reseed=reseed)
     reseed()
@@ -128,3 +124,29 @@ def test_layer_spec_roundtrip():
         assert again.spec() == layer.spec()
     with pytest.raises(ValueError, match="unknown layer type"):
         L.layer_from_spec({"type": "Nope"})
+
+
+def test_a_layer_alone_trains_a_one_layer_model(device):
+    """Affine + SoftmaxWithLoss and an optimizer, no Sequential: the README's example."""
+    import dualnet as dn
+    rng = np.random.default_rng(0)
+    x = device.asarray(rng.standard_normal((64, 2)), "float32")
+    t = device.asarray((device.to_numpy(x)[:, 0] > 0).astype(np.int64))
+    fc, loss_fn, opt = dn.Affine(2, 2, device=device, seed=0), dn.SoftmaxWithLoss(), dn.SGD(lr=0.5)
+    losses = []
+    for _ in range(50):
+        losses.append(float(loss_fn.forward(fc.forward(x, train=True), t)))
+        fc.backward(loss_fn.backward())
+        opt.update(fc.params, fc.grads)
+    assert losses[-1] < 0.5 * losses[0]
+    for arr in (*fc.params.values(), *fc.grads.values()):
+        device.check(arr)
+    assert fc.roles == {"W": "weight", "b": "bias"}
+
+
+def test_same_seed_same_layer_on_every_device(device):
+    a = L.Convolution(2, 3, 3, seed=4, device="cpu")
+    b = L.Convolution(2, 3, 3, seed=4, device=device)
+    for k in a.params:
+        np.testing.assert_array_equal(a.device.to_numpy(a.params[k]), device.to_numpy(b.params[k]))
+        device.check(b.params[k])

@@ -33,8 +33,9 @@ def test_model_gradient_check(device, name):
     x = device.asarray(rng.standard_normal((n,) + shape), "float64")
     t = device.asarray(rng.integers(0, model.output_shape[0], n))
     errors = check_model(model, x, t, max_checks=6, seed=1)
-    # L1's sign() has a kink at 0 only; the weights are never exactly 0 here.
-    assert max(errors.values()) < 1e-6, errors
+    # L1's sign() has a kink at 0 only; the weights are never exactly 0 here.  A bias before batch
+    # norm has a true gradient of 0: its relative error is meaningless, its absolute one tiny.
+    assert all(e.ok(1e-6, 1e-8) for e in errors.values()), errors
     assert set(errors) == set(model.params)
 
 
@@ -123,6 +124,6 @@ def test_sequential_for_your_own_net(device):
     rng = np.random.default_rng(0)
     x = device.asarray(rng.standard_normal((2, 1, 6, 6)), "float64")
     t = device.asarray(np.array([0, 2]))
-    assert max(check_model(net, x, t, max_checks=5).values()) < 1e-6
+    assert max(e.rel for e in check_model(net, x, t, max_checks=5).values()) < 1e-6
     again = dn.model_from_config(net.config, device=device)
     assert [l.spec() for l in again.layers] == [l.spec() for l in net.layers]

@@ -3,12 +3,24 @@ import pathlib
 import re
 
 
-def test_readme_python_example(tmp_path, monkeypatch):
+def blocks():
     text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def test_readme_python_example(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scope = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(blocks()[0], "README.md", "exec"), scope)
     assert (tmp_path / "digits.npz").exists()
     assert scope["again"].num_params() == scope["net"].num_params()
     assert float(scope["loss"]) < 1.0
+
+
+def test_readme_layer_alone_example():
+    """The five-line example: one Affine layer, no network, trains a softmax classifier."""
+    code = blocks()[1]
+    assert len([line for line in code.splitlines() if line.strip()]) == 5
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert float(scope["loss"]) < 0.3 and "W" in scope["fc"].grads

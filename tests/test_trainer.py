@@ -4,39 +4,85 @@ import pytest
 import dualnet as dn
 from dualnet.backend import Device
 from dualnet.data import load_dataset
-from dualnet.trainer import Trainer
+from dualnet.training import BatchSource, Trainer, train_step, train_steps
 
 
-@pytest.mark.parametrize("spec", ["cpu", "sim"])
-def test_one_host_read_per_logging_interval(spec, monkeypatch):
-    """Training steps read nothing back but the losses and running accuracy, once per interval."""
+def test_one_host_read_per_logging_interval(device, monkeypatch):
+    """Training steps read nothing back but one array per logging interval (the losses and the
+    correct count together); no host array is moved to the device during the epoch."""
     data = load_dataset("digits")
-    dev = dn.get_device(spec)
-    net = dn.SimpleConvNet((1, 8, 8), filter_num=4, filter_size=3, pad=1, hidden_size=16, device=dev)
+    net = dn.SimpleConvNet((1, 8, 8), filter_num=4, filter_size=3, pad=1, hidden_size=16, device=device)
     tr = Trainer(net, dn.Adam(0.003), data, epochs=1, batch_size=100, log_every=5, progress=False,
                  log=lambda *_: None)
+    assert tr.on_device
     reads, moves = [], []
-    real_to_numpy, real_asarray = Device.to_numpy, Device.asarray
-    monkeypatch.setattr(Device, "to_numpy", lambda self, a: reads.append(1) or real_to_numpy(self, a))
-    monkeypatch.setattr(Device, "asarray", lambda self, a, dtype=None: moves.append(type(a).__name__)
+    cls = type(device)
+    real_to_numpy, real_asarray = cls.to_numpy, cls.asarray
+    monkeypatch.setattr(cls, "to_numpy", lambda self, a: reads.append(1) or real_to_numpy(self, a))
+    monkeypatch.setattr(cls, "asarray", lambda self, a, dtype=None: moves.append(type(a).__name__)
                         or real_asarray(self, a, dtype))
     tr.fit()
     steps = 15  # ceil(1497 / 100)
     intervals = 3
-    # per interval: the stacked losses and the correct-count; per epoch: train and test accuracy
-    assert len(reads) == 2 * intervals + 2
+    # per interval: one read; per epoch: train and test accuracy
+    assert len(reads) == intervals + 2
     assert len(tr.iter_loss) == steps and tr.step == steps
-    # no host array is moved to the device during the epoch (the sim device draws its
-    # shuffle on the host: one permutation per epoch, its stand-in for a device RNG)
-    assert moves == ([] if spec == "cpu" else ["ndarray"])
+    # the simulated device draws its shuffle on the host and moves it (one permutation per epoch,
+    # its stand-in for a device generator); a real device moves nothing
+    assert moves == ([] if device.is_host else ["ndarray"] if type(device).__name__ == "SimDevice" else [])
 
 
-def test_same_seed_same_run():
+def test_same_seed_same_run(device):
     data = load_dataset("digits")
     losses = []
     for _ in range(2):
-        net = dn.build_model("mlp", (1, 8, 8), 10, hidden_sizes=[32], dropout=0.2, seed=4)
+        net = dn.build_model("mlp", (1, 8, 8), 10, hidden_sizes=[32], dropout=0.2, seed=4, device=device)
         tr = Trainer(net, dn.SGD(0.1), data, epochs=2, batch_size=64, progress=False, seed=4, log=lambda *_: None)
         tr.fit()
         losses.append(tr.iter_loss)
     np.testing.assert_array_equal(losses[0], losses[1])
+
+
+def test_batch_source_on_device_and_batch_by_batch_agree(device):
+    """The same seed gives the same batches whether the data lives on the device or is moved
+    batch by batch; every sample is seen once per epoch."""
+    rng = np.random.default_rng(0)
+    x, t = rng.random((23, 3)).astype(np.float32), np.arange(23)
+    a = BatchSource(x, t, device, "float32", 5, on_device=True)
+    b = BatchSource(x, t, device, "float32", 5, on_device=False)
+    ea, eb = list(a.epoch(7)), list(b.epoch(7))
+    assert len(ea) == len(eb) == a.steps_per_epoch == 5
+    for (xa, ta), (xb, tb) in zip(ea, eb):
+        device.check(xa)
+        device.check(xb)
+        np.testing.assert_array_equal(device.to_numpy(xa), device.to_numpy(xb))
+        np.testing.assert_array_equal(device.to_numpy(ta), device.to_numpy(tb))
+    seen = np.concatenate([device.to_numpy(tb) for _, tb in ea])
+    assert sorted(seen.tolist()) == list(range(23))
+    # resuming at batch 3 gives the same last two batches
+    tail = list(a.epoch(7, start=3))
+    np.testing.assert_array_equal(device.to_numpy(tail[0][1]), device.to_numpy(ea[3][1]))
+
+
+def test_train_step_keeps_loss_and_count_on_the_device(device):
+    net = dn.MultiLayerNet(6, [8], 3, device=device, seed=0)
+    rng = np.random.default_rng(1)
+    x = device.asarray(rng.standard_normal((10, 6)), "float32")
+    t = device.asarray(rng.integers(0, 3, 10))
+    loss, correct = train_step(net, dn.SGD(0.1), x, t)
+    device.check(loss)
+    device.check(correct)
+    assert 0 <= int(device.to_numpy(correct)) <= 10 and float(device.to_numpy(loss)) > 0
+
+
+def test_train_steps_descends(device):
+    data = load_dataset("digits", flatten=True)
+    net = dn.MultiLayerNet(64, [32], 10, device=device, seed=0)
+    src = BatchSource(data.x_train, data.t_train, device, "float32", 100)
+    losses = train_steps(net, dn.Adam(0.01), src, 40, seed=0)
+    assert len(losses) == 40 and np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_empty_training_set_is_a_clear_error(device):
+    with pytest.raises(dn.ShapeError, match="empty"):
+        BatchSource(np.zeros((0, 3), np.float32), np.zeros(0, np.int64), device, "float32", 10)
