@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import math
 
+
 from .backend import namespace, array_device
+from .errors import ConfigError, ShapeError
 
 __all__ = [
     "step", "sigmoid", "relu", "tanh", "identity", "softmax", "log_softmax",
     "mean_squared_error", "cross_entropy_error", "softmax_cross_entropy", "one_hot",
-    "output_size", "pad2d", "im2col", "col2im", "conv2d", "conv2d_backward",
+    "output_size", "pad2d", "im2col", "col2im", "CONV_METHODS", "choose_conv_method",
+    "conv2d", "conv2d_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "dropout",
 ]
 
@@ -83,7 +86,7 @@ def _targets(t, K, dtype):
     if t.ndim == 1:
         return one_hot(t, K, dtype)
     if t.shape[-1] != K:
-        raise ValueError(f"one-hot labels have {t.shape[-1]} classes but the scores have {K}; "
+        raise ShapeError(f"one-hot labels have {t.shape[-1]} classes but the scores have {K}; "
                          f"labels shape {tuple(t.shape)}, scores (N, {K})")
     return namespace(t).astype(t, dtype)
 
@@ -142,10 +145,10 @@ def output_size(size, k, stride, pad, what="conv"):
     """OH for input ``size``, window ``k``; raises when the window does not tile the input exactly."""
     span = size + 2 * pad - k
     if span < 0:
-        raise ValueError(f"{what}: window {k} is larger than the padded input "
+        raise ShapeError(f"{what}: window {k} is larger than the padded input "
                          f"({size} + 2*{pad} = {size + 2 * pad}); use a smaller window or more padding")
     if span % stride:
-        raise ValueError(f"{what}: input size {size} with window {k}, stride {stride}, pad {pad} "
+        raise ShapeError(f"{what}: input size {size} with window {k}, stride {stride}, pad {pad} "
                          f"gives a fractional output size ({size} + 2*{pad} - {k})/{stride} + 1 = "
                          f"{span / stride + 1:g}; change the padding or stride so it divides evenly")
     return span // stride + 1
@@ -229,17 +232,94 @@ def col2im(col, x_shape, FH, FW, stride=1, pad=0):
 # --------------------------------------------------------------------------- convolution
 def _check_conv(x, W):
     if x.ndim != 4:
-        raise ValueError(f"convolution expects input (N, C, H, W), got shape {tuple(x.shape)}")
+        raise ShapeError(f"convolution expects input (N, C, H, W), got shape {tuple(x.shape)}")
     if x.shape[1] != W.shape[1]:
-        raise ValueError(f"convolution: input has {x.shape[1]} channels (shape {tuple(x.shape)}) but "
+        raise ShapeError(f"convolution: input has {x.shape[1]} channels (shape {tuple(x.shape)}) but "
                          f"the filters expect {W.shape[1]} (W shape {tuple(W.shape)})")
 
 
-CONV_METHODS = ("im2col",)
+CONV_METHODS = ("auto", "im2col", "gemm", "shift")
+"""Convolution algorithms :func:`conv2d` accepts.
+
+``"im2col"``
+    The book's method: per-sample columns (N, C*FH*FW, OH*OW) and one batched matmul.
+    The reference the others are tested against, and the CPU's choice for few input
+    channels.  (CuPy copies the columns for its batched dW product every step.)
+``"gemm"``
+    im2col with the columns of the whole batch in one (C*FH*FW, N*OH*OW) matrix, so the
+    forward and both backward products are single 2-D GEMMs (dW on a transposed view,
+    which neither BLAS nor cuBLAS copies).  Any stride.  The path for GPUs.
+``"shift"``
+    Shift-and-GEMM (kn2row): no column matrix; every filter tap is one GEMM on a shifted
+    slice of the padded input, accumulated on the padded output grid.  Stride 1 only.
+    On one CPU thread the fastest for 3x3 filters on large maps with many channels; bad
+    for few channels or big filters (many thin GEMMs).  Never chosen by "auto".
+``"auto"``
+    Chooses per layer shape, stride and array library; see :func:`choose_conv_method`.
+"""
 
 
-def conv2d(x, W, b, stride=1, pad=0, method="im2col"):
-    """2-D convolution (cross-correlation) by im2col and one batched matmul.
+def choose_conv_method(x_shape, W_shape, stride=1, pad=0, host=True):
+    """The method ``method="auto"`` runs for input ``x_shape`` (N, C, H, W) and filters ``W_shape``.
+
+    Parameters
+    ----------
+    host : bool
+        True when the arrays live on the host (the CPU rules); False on a device whose cost is
+        kernel launches (``Device.is_host`` says which; :class:`dualnet.layers.Convolution` asks).
+
+    Returns
+    -------
+    str : ``"im2col"`` or ``"gemm"`` (``"shift"`` only when asked for by name)
+    """
+    if not host:
+        # GPU (and the simulated device that stands in for one): launches are what cost, and
+        # "gemm" is the fewest, largest kernels: one copy per tap and one cuBLAS GEMM per product.
+        # "shift" takes FH*FW GEMMs plus as many adds, and its column slices are strided, which
+        # CuPy copies before every GEMM; "im2col"'s batched dW product copies the columns too.
+        return "gemm"
+    C = x_shape[1]
+    # CPU rules, from scripts/conv_layers.py --threads 1 on a 2-core EPYC, batch 100, forward +
+    # backward medians in ms (im2col / gemm / shift / PyTorch):
+    #   1->16 at 28x28 (no dx)   2.4 /  3.3 / 19.7 / 2.1    SimpleConvNet 1->30 5x5: 4.8 / 6.6 / 88 / 4.2
+    #   16->16 at 28x28         45.4 / 38.1 / 36.7 / 13.3   32->32 14x14 pad 2:  47.1 / 39.7 / 34.0 / 14.0
+    #   16->32 at 14x14         16.3 / 13.4 / 18.7 / 6.5    32->64 at 8x8:       16.6 / 13.6 / 16.8 / 7.5
+    #   64->64 at 8x8           35.9 / 27.6 / 31.1 / 13.5
+    # At the default 2 threads (shared machine, very noisy) gemm beat shift on both 28x28 and
+    # 14x14 pad 2 (fwd+bwd 99 against 144 ms and 33 against 45): shift's thin GEMMs and per-tap
+    # adds scale worse, so its 1-thread edge (4% and 17%) does not make it the default; pick it
+    # with method="shift".  With few input channels the book's per-sample GEMMs stay in cache
+    # and its dW needs no transposed copy of dout.
+    if C < 8:
+        return "im2col"
+    return "gemm"
+
+
+def _resolve_method(method, x, W, stride, pad):
+    if method not in CONV_METHODS:
+        raise ConfigError(f"unknown convolution method {method!r}; choose one of {', '.join(CONV_METHODS)}")
+    if method == "auto":
+        return choose_conv_method(tuple(x.shape), tuple(W.shape), stride, pad)
+    if method == "shift" and stride != 1:
+        raise ConfigError(f"convolution method 'shift' needs stride 1 (got stride {stride}); "
+                         f"use 'gemm' or 'auto'")
+    return method
+
+
+def _swap01(a):
+    """(A, B, H, W), any strides  ->  C-contiguous (B, A, H, W): one transposing copy.
+
+    A reshape that cannot be a view copies in C order on every backend, which is what makes
+    the result contiguous (``asarray(copy=True)`` would keep NumPy's transposed strides).
+    """
+    xp = namespace(a)
+    A, B, H, W = a.shape
+    flat = xp.reshape(xp.permute_dims(a, (1, 0, 2, 3)), (B, A * H * W))
+    return xp.reshape(flat, (B, A, H, W))
+
+
+def conv2d(x, W, b, stride=1, pad=0, method="auto"):
+    """2-D convolution (cross-correlation).
 
     Parameters
     ----------
@@ -247,17 +327,20 @@ def conv2d(x, W, b, stride=1, pad=0, method="im2col"):
     W : array, shape (FN, C, FH, FW)
     b : array, shape (FN,)
     method : str
-        The algorithm, one of :data:`CONV_METHODS`.
+        The algorithm, one of :data:`CONV_METHODS`; all give the same result to rounding.
 
     Returns
     -------
     out : array, shape (N, FN, OH, OW)
     ctx : tuple   what :func:`conv2d_backward` needs (opaque to callers)
     """
-    if method not in CONV_METHODS:
-        raise ValueError(f"unknown convolution method {method!r}; choose one of {', '.join(CONV_METHODS)}")
-    xp = namespace(x)
     _check_conv(x, W)
+    method = _resolve_method(method, x, W, stride, pad)
+    if method == "gemm":
+        return _conv_gemm(x, W, b, stride, pad)
+    if method == "shift":
+        return _conv_shift(x, W, b, pad)
+    xp = namespace(x)
     FN, C, FH, FW = W.shape
     N, _, H, Wd = x.shape
     OH = output_size(H, FH, stride, pad)
@@ -265,7 +348,7 @@ def conv2d(x, W, b, stride=1, pad=0, method="im2col"):
     col = im2col(x, FH, FW, stride, pad)
     out = xp.matmul(xp.reshape(W, (FN, C * FH * FW)), col)    # (N, FN, OH*OW)
     out = out + xp.reshape(b, (1, FN, 1))
-    return xp.reshape(out, (N, FN, OH, OW)), (col, tuple(x.shape), stride, pad)
+    return xp.reshape(out, (N, FN, OH, OW)), ("im2col", col, tuple(x.shape), stride, pad)
 
 
 def conv2d_backward(dout, ctx, W, need_dx=True):
@@ -283,14 +366,20 @@ def conv2d_backward(dout, ctx, W, need_dx=True):
     -------
     dx : array (N, C, H, W) or None;  dW : array (FN, C, FH, FW);  db : array (FN,)
     """
+    method = ctx[0]
+    if method == "gemm":
+        return _conv_gemm_backward(dout, ctx, W, need_dx)
+    if method == "shift":
+        return _conv_shift_backward(dout, ctx, W, need_dx)
     xp = namespace(dout)
-    col, x_shape, stride, pad = ctx
+    _, col, x_shape, stride, pad = ctx
     FN, C, FH, FW = W.shape
     N = dout.shape[0]
     d = xp.reshape(dout, (N, FN, dout.shape[2] * dout.shape[3]))
     db = xp.sum(d, axis=(0, 2))
     # Per-sample GEMMs against the transposed view of col, then a sum over N: unlike
     # tensordot this never copies col into a transposed layout (3.5x faster in NumPy).
+    # (CuPy's batched matmul does copy it: the "gemm" method avoids that.)
     dW = xp.reshape(xp.sum(xp.matmul(d, xp.matrix_transpose(col)), axis=0), W.shape)
     dx = None
     if need_dx:
@@ -299,10 +388,164 @@ def conv2d_backward(dout, ctx, W, need_dx=True):
     return dx, dW, db
 
 
+# ---- "gemm": the whole batch's columns in one matrix
+def _batch_columns(x, FH, FW, stride, pad, OH, OW):
+    """Columns of the whole batch, shape (C*FH*FW, N*OH*OW).
+
+    Row ``c*FH*FW + i*FW + j``, column ``n*OH*OW + oh*OW + ow`` holds padded pixel
+    (n, c, oh*stride + i, ow*stride + j).  The padded copy is laid out (C, N, Hp, Wp): the
+    padding costs that copy anyway, and the taps are then plain strided copies without a
+    transpose (16->16 at 28x28, batch 100: 7.8 ms against 8.2 from an (N, C, Hp, Wp) pad).
+    """
+    xp = namespace(x)
+    N, C, H, W = x.shape
+    if pad:
+        img = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=x.dtype, device=array_device(x))
+        img[:, :, pad:pad + H, pad:pad + W] = xp.permute_dims(x, (1, 0, 2, 3))
+    else:
+        img = xp.permute_dims(x, (1, 0, 2, 3))  # a view; the taps transpose as they copy
+    col = xp.empty((C, FH, FW, N, OH, OW), dtype=x.dtype, device=array_device(x))
+    for i in range(FH):
+        for j in range(FW):
+            col[:, i, j, :, :, :] = img[_window_index(i, j, OH, OW, stride)]
+    return xp.reshape(col, (C * FH * FW, N * OH * OW))
+
+
+def _fold_batch_columns(dcol, x_shape, FH, FW, stride, pad, OH, OW):
+    """The adjoint of :func:`_batch_columns`: (C*FH*FW, N*OH*OW) -> dx (N, C, H, W).
+
+    Sums into a (C, N, Hp, Wp) grid, then transposes once: the adds run without a transpose
+    (16->16 at 28x28: 9.1 ms with the final copy, 11.4 ms adding into (N, C, Hp, Wp) directly;
+    32->32 at 14x14 pad 2: 7.8 against 11.1).
+    """
+    xp = namespace(dcol)
+    N, C, H, W = x_shape
+    col = xp.reshape(dcol, (C, FH, FW, N, OH, OW))
+    img = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=dcol.dtype, device=array_device(dcol))
+    for i in range(FH):
+        for j in range(FW):
+            # An in-place add on the window view: ``img[sl] += v`` would also run a
+            # ``__setitem__`` of the view onto itself, a second kernel per tap on CuPy.
+            win = img[_window_index(i, j, OH, OW, stride)]
+            win += col[:, i, j, :, :, :]
+    return _swap01(img[:, :, pad:pad + H, pad:pad + W])
+
+
+def _conv_gemm(x, W, b, stride, pad):
+    xp = namespace(x)
+    FN, C, FH, FW = W.shape
+    N, _, H, Wd = x.shape
+    OH = output_size(H, FH, stride, pad)
+    OW = output_size(Wd, FW, stride, pad)
+    col = _batch_columns(x, FH, FW, stride, pad, OH, OW)
+    y = xp.matmul(xp.reshape(W, (FN, C * FH * FW)), col)        # (FN, N*OH*OW): one 2-D GEMM
+    out = _swap01(xp.reshape(y, (FN, N, OH, OW)))               # the only price of the layout
+    out += xp.reshape(b, (1, FN, 1, 1))
+    return out, ("gemm", col, tuple(x.shape), stride, pad)
+
+
+def _conv_gemm_backward(dout, ctx, W, need_dx):
+    xp = namespace(dout)
+    _, col, x_shape, stride, pad = ctx
+    FN, C, FH, FW = W.shape
+    N, _, OH, OW = dout.shape
+    d = xp.reshape(_swap01(dout), (FN, N * OH * OW))
+    db = xp.sum(d, axis=1)
+    dW = xp.reshape(xp.matmul(d, xp.matrix_transpose(col)), W.shape)   # 2-D, col not copied
+    dx = None
+    if need_dx:
+        dcol = xp.matmul(xp.matrix_transpose(xp.reshape(W, (FN, C * FH * FW))), d)
+        dx = _fold_batch_columns(dcol, x_shape, FH, FW, stride, pad, OH, OW)
+    return dx, dW, db
+
+
+# ---- "shift": one GEMM per filter tap on shifted slices, no column matrix
+def _tap_major(W):
+    """W (FN, C, FH, FW) as contiguous (FH*FW, FN, C): each tap's (FN, C) matrix is a plain
+    contiguous block that BLAS takes without a copy (W[:, :, i, j] has a 9-element stride)."""
+    xp = namespace(W)
+    FN, C, FH, FW = W.shape
+    return xp.reshape(xp.permute_dims(W, (2, 3, 0, 1)), (FH * FW, FN, C))
+
+
+def _conv_shift(x, W, b, pad):
+    """Stride-1 convolution as FH*FW GEMMs on shifted slices of the flattened padded input.
+
+    The input is padded into a (C, N+1, Hp, Wp) grid and flattened to X (C, (N+1)*Hp*Wp).
+    On the flattened padded grid, output position p = n*Hp*Wp + oh*Wp + ow reads input
+    p + i*Wp + j at tap (i, j), so tap (i, j) is ``W_ij (FN, C) @ X[:, s:s+M]`` with
+    s = i*Wp + j and M = N*Hp*Wp: a column slice, which BLAS reads in place.  The products
+    accumulate on the padded output grid, whose valid (OH, OW) corner is then cut out.  The
+    spare zero image at the end keeps the last slices in bounds.  Costs: (Hp*Wp)/(OH*OW)
+    more output arithmetic (1.15x at 28x28 pad 1), a temporary and an add per tap.
+    """
+    xp = namespace(x)
+    FN, C, FH, FW = W.shape
+    N, _, H, Wd = x.shape
+    Hp, Wp = H + 2 * pad, Wd + 2 * pad
+    OH, OW = output_size(H, FH, 1, pad), output_size(Wd, FW, 1, pad)
+    M = N * Hp * Wp
+    grid = xp.zeros((C, N + 1, Hp, Wp), dtype=x.dtype, device=array_device(x))
+    grid[:, :N, pad:pad + H, pad:pad + Wd] = xp.permute_dims(x, (1, 0, 2, 3))
+    X = xp.reshape(grid, (C, (N + 1) * Hp * Wp))
+    Wt = _tap_major(W)
+    acc = None
+    for i in range(FH):
+        for j in range(FW):
+            s = i * Wp + j
+            y = xp.matmul(Wt[i * FW + j, :, :], X[:, s:s + M])          # (FN, M)
+            if acc is None:
+                acc = y
+            else:
+                acc += y   # no accumulate-into GEMM in the standard: a temporary and an add
+    out = _swap01(xp.reshape(acc, (FN, N, Hp, Wp))[:, :, :OH, :OW])
+    out += xp.reshape(b, (1, FN, 1, 1))
+    return out, ("shift", X, tuple(x.shape), 1, pad)
+
+
+def _conv_shift_backward(dout, ctx, W, need_dx):
+    """Backward of :func:`_conv_shift`.
+
+    dout goes into a zeroed padded grid G (FN, 1+N, Hp, Wp) -- a zero image in front, and
+    zeros wherever the forward's grid held no valid output, so those rows add nothing.  Then
+    per tap: dW_ij = G @ X[:, s:s+M].T (a transposed view: no copy), and
+    dX = sum_ij W_ij.T @ G shifted back by s, which reads G (the front zero image covers
+    shifts up to Hp*Wp) instead of adding into shifted slices of dX.
+    """
+    xp = namespace(dout)
+    _, X, x_shape, _, pad = ctx
+    FN, C, FH, FW = W.shape
+    N, _, H, Wd = x_shape
+    Hp, Wp = H + 2 * pad, Wd + 2 * pad
+    OH, OW = dout.shape[2], dout.shape[3]
+    S, M = Hp * Wp, N * Hp * Wp
+    grid = xp.zeros((FN, N + 1, Hp, Wp), dtype=dout.dtype, device=array_device(dout))
+    grid[:, 1:, :OH, :OW] = xp.permute_dims(dout, (1, 0, 2, 3))
+    G = xp.reshape(grid, (FN, (N + 1) * S))
+    Gv = G[:, S:]
+    db = xp.sum(dout, axis=(0, 2, 3))
+    Wt = _tap_major(W)
+    taps = [(i, j, i * Wp + j) for i in range(FH) for j in range(FW)]
+    dWt = xp.stack([xp.matmul(Gv, xp.matrix_transpose(X[:, s:s + M])) for _, _, s in taps])
+    dW = xp.reshape(xp.permute_dims(xp.reshape(dWt, (FH, FW, FN, C)), (2, 3, 0, 1)), (FN, C * FH * FW))
+    dW = xp.reshape(dW, W.shape)
+    dx = None
+    if need_dx:
+        acc = None
+        for i, j, s in taps:
+            y = xp.matmul(xp.matrix_transpose(Wt[i * FW + j, :, :]), G[:, S - s:S - s + M])   # (C, M)
+            if acc is None:
+                acc = y
+            else:
+                acc += y
+        dx = _swap01(xp.reshape(acc, (C, N, Hp, Wp))[:, :, pad:pad + H, pad:pad + Wd])
+    return dx, dW, db
+
+
 # --------------------------------------------------------------------------- pooling
 def _pool_geometry(x, PH, PW, stride, pad, what):
     if x.ndim != 4:
-        raise ValueError(f"{what} expects input (N, C, H, W), got shape {tuple(x.shape)}")
+        raise ShapeError(f"{what} expects input (N, C, H, W), got shape {tuple(x.shape)}")
     return (output_size(x.shape[2], PH, stride, pad, what),
             output_size(x.shape[3], PW, stride, pad, what))
 
@@ -353,22 +596,28 @@ def max_pool2d_backward(dout, ctx):
     tiles = disjoint and stride == PH == PW and OH * stride == xpad.shape[2] and OW * stride == xpad.shape[3]
     make = xp.empty if tiles else xp.zeros
     dxpad = make(xpad.shape, dtype=dout.dtype, device=array_device(dout))
-    pending = None  # windows whose arg-max is not found yet
+    # Ties go to the first maximal offset by handing out a "remaining" gradient: an offset that
+    # hits takes all of what is left of its window's dout and leaves 0 for later offsets.  That
+    # is 5 array operations per offset (4 for the last), 19 for a 2x2 window, against 24 for
+    # tracking a boolean "not found yet" mask; same speed in NumPy (SimpleConvNet's pool at
+    # batch 100: 3.3 ms against 3.5).  ``where`` instead of the float mask was 3x slower there.
+    rest = dout   # the part of dout not yet routed
     last = PH * PW - 1
     for k in range(PH * PW):
         i, j = divmod(k, PW)
-        hit = _window(xpad, i, j, OH, OW, stride) == out
-        if pending is not None:
-            hit = xp.logical_and(hit, pending)
+        g = xp.astype(_window(xpad, i, j, OH, OW, stride) == out, dout.dtype)  # a new array...
+        g *= rest                                                              # ...so in place
         if k < last:
-            miss = xp.logical_not(hit)
-            pending = miss if pending is None else xp.logical_and(pending, miss)
-        g = dout * xp.astype(hit, dout.dtype)
+            if rest is dout:
+                rest = dout - g
+            else:
+                rest -= g
         sl = _window_index(i, j, OH, OW, stride)
         if disjoint:
             dxpad[sl] = g
         else:
-            dxpad[sl] += g
+            win = dxpad[sl]   # add on the view: no second __setitem__ kernel on CuPy
+            win += g
     return dxpad[:, :, pad:pad + H, pad:pad + W] if pad else dxpad
 
 

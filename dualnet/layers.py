@@ -259,7 +259,12 @@ class Convolution(Layer):
         return {"W": rng.normal((self.FN, self.C, self.FH, self.FW), std), "b": rng.zeros(self.FN)}
 
     def forward(self, x, train=False):
-        out, self.ctx = F.conv2d(x, self.params["W"], self.params["b"], self.stride, self.pad, self.method)
+        W = self.params["W"]
+        method = self.method
+        if method == "auto":  # by shape, and by whether the device is the host or launch-bound
+            method = F.choose_conv_method(tuple(x.shape), tuple(W.shape), self.stride, self.pad,
+                                          self.device.is_host)
+        out, self.ctx = F.conv2d(x, W, self.params["b"], self.stride, self.pad, method)
         return out
 
     def backward(self, dout):

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from dualnet import functions as F
+from dualnet.gradcheck import numerical_gradient, rel_error
 
 
 def conv_reference(x, W, b, stride, pad):
@@ -16,6 +17,22 @@ def conv_reference(x, W, b, stride, pad):
             patch = xp_[:, :, i * stride:i * stride + FH, j * stride:j * stride + FW]
             out[:, :, i, j] = np.tensordot(patch, W, axes=([1, 2, 3], [1, 2, 3])) + b
     return out
+
+
+def conv_backward_reference(x, W, dout, stride, pad):
+    """Direct loops for the gradients of :func:`conv_reference`: (dx, dW, db)."""
+    N, C, H, Wd = x.shape
+    FN, _, FH, FW = W.shape
+    xp_ = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    dxp = np.zeros_like(xp_)
+    dW = np.zeros_like(W)
+    for i in range(dout.shape[2]):
+        for j in range(dout.shape[3]):
+            sl = np.s_[:, :, i * stride:i * stride + FH, j * stride:j * stride + FW]
+            g = dout[:, :, i, j]                                   # (N, FN)
+            dW += np.tensordot(g, xp_[sl], axes=([0], [0]))        # (FN, C, FH, FW)
+            dxp[sl] += np.tensordot(g, W, axes=([1], [0]))         # (N, C, FH, FW)
+    return dxp[:, :, pad:pad + H, pad:pad + Wd], dW, dout.sum(axis=(0, 2, 3))
 
 
 def pool_reference(x, PH, PW, stride, pad, op):
@@ -124,3 +141,132 @@ def test_shapes_that_do_not_fit_name_the_shapes(device, rng):
         F.max_pool2d(device.asarray(rng.standard_normal((1, 1, 7, 7)), "float64"), 2, 2, 2)
     with pytest.raises(ValueError, match="larger than the padded input"):
         F.output_size(3, 5, 1, 0)
+
+
+# --------------------------------------------------------------------------- convolution methods
+# (C, H, W, FN, FH, FW, stride, pad): 1 channel, 3x3 and 5x5, non-square maps and filters,
+# stride 1/2/3, pad 0/1/2.
+CONV_CASES = [
+    (1, 7, 7, 2, 3, 3, 1, 0), (1, 8, 8, 3, 3, 3, 1, 1), (1, 12, 12, 3, 5, 5, 1, 0),
+    (3, 8, 6, 4, 3, 3, 1, 1), (4, 6, 6, 5, 3, 3, 1, 2), (3, 5, 7, 2, 5, 3, 1, 2),
+    (2, 9, 9, 3, 3, 3, 2, 0), (2, 9, 7, 3, 3, 3, 2, 1), (2, 8, 8, 3, 2, 2, 2, 0),
+    (3, 9, 9, 2, 3, 3, 2, 2), (1, 10, 10, 1, 4, 4, 3, 0), (2, 11, 9, 3, 5, 5, 2, 2),
+]
+EXPLICIT_METHODS = [m for m in F.CONV_METHODS if m != "auto"]
+
+
+def _methods(stride):
+    return [m for m in F.CONV_METHODS if m != "shift" or stride == 1]
+
+
+def _conv_case(rng, C, H, W, FN, FH, FW, N=3):
+    return (rng.standard_normal((N, C, H, W)), rng.standard_normal((FN, C, FH, FW)),
+            rng.standard_normal(FN))
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "C{}_{}x{}_FN{}_{}x{}_s{}_p{}".format(*c))
+def test_conv_methods_match_direct_loops_and_im2col(device, rng, case):
+    """Every method, forward and backward, against the loops and against the book's im2col."""
+    C, H, W, FN, FH, FW, stride, pad = case
+    x, Wt, b = _conv_case(rng, C, H, W, FN, FH, FW)
+    ref = conv_reference(x, Wt, b, stride, pad)
+    dout = rng.standard_normal(ref.shape)
+    ref_grads = conv_backward_reference(x, Wt, dout, stride, pad)
+    dx_, W_, b_, d_ = (device.asarray(a, "float64") for a in (x, Wt, b, dout))
+    im2col_results = None
+    for method in _methods(stride):
+        out, ctx = F.conv2d(dx_, W_, b_, stride, pad, method=method)
+        grads = [device.to_numpy(g) for g in F.conv2d_backward(d_, ctx, W_)]
+        out = device.to_numpy(out)
+        assert out.shape == ref.shape and [g.shape for g in grads] == [x.shape, Wt.shape, b.shape]
+        np.testing.assert_allclose(out, ref, atol=1e-10, err_msg=method)
+        for name, g, r in zip(("dx", "dW", "db"), grads, ref_grads):
+            np.testing.assert_allclose(g, r, atol=1e-10, err_msg=f"{method} {name}")
+        if method == "im2col":
+            im2col_results = [out] + grads
+    for method in _methods(stride):
+        out, ctx = F.conv2d(dx_, W_, b_, stride, pad, method=method)
+        got = [device.to_numpy(out)] + [device.to_numpy(g) for g in F.conv2d_backward(d_, ctx, W_)]
+        for g, r in zip(got, im2col_results):
+            np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12, err_msg=method)
+
+
+@pytest.mark.parametrize("method", EXPLICIT_METHODS)
+@pytest.mark.parametrize("case", [(2, 5, 6, 3, 3, 3, 1, 1), (1, 7, 5, 2, 3, 3, 2, 1), (2, 6, 5, 2, 3, 2, 1, 2)],
+                         ids=lambda c: "C{}_{}x{}_FN{}_{}x{}_s{}_p{}".format(*c))
+def test_conv_methods_pass_numerical_gradient_check(device, rng, method, case):
+    """CS231n check in float64: backprop against central differences, relative error < 1e-7."""
+    C, H, W, FN, FH, FW, stride, pad = case
+    if method == "shift" and stride != 1:
+        pytest.skip("shift is stride 1 only")
+    x, Wt, b = (device.asarray(a, "float64") for a in _conv_case(rng, C, H, W, FN, FH, FW, N=2))
+    out, ctx = F.conv2d(x, Wt, b, stride, pad, method=method)
+    r = device.asarray(rng.standard_normal(tuple(out.shape)), "float64")
+    xp = device.xp
+
+    def loss():  # sum(out * r): its gradient w.r.t. out is r
+        return xp.sum(F.conv2d(x, Wt, b, stride, pad, method=method)[0] * r)
+
+    dx, dW, db = F.conv2d_backward(r, ctx, Wt)
+    # The loss is linear in each argument, so central differences have no truncation error
+    # and a step of 1e-3 (not 1e-5) only shrinks the rounding error of f(x+h) - f(x-h).
+    for name, a, g in (("x", x, dx), ("W", Wt, dW), ("b", b, db)):
+        assert rel_error(g, numerical_gradient(loss, a, h=1e-3)) < 1e-7, (method, name)
+
+
+@pytest.mark.parametrize("method", F.CONV_METHODS)
+def test_conv_need_dx_false_returns_none(device, rng, method):
+    x, Wt, b = (device.asarray(a, "float64") for a in _conv_case(rng, 2, 6, 6, 3, 3, 3))
+    out, ctx = F.conv2d(x, Wt, b, 1, 1, method=method)
+    dx, dW, db = F.conv2d_backward(device.asarray(np.ones(tuple(out.shape)), "float64"), ctx, Wt,
+                                   need_dx=False)
+    assert dx is None and tuple(dW.shape) == (3, 2, 3, 3) and tuple(db.shape) == (3,)
+
+
+def test_conv_unknown_or_unfit_method_is_a_clear_error(device, rng):
+    x, Wt, b = (device.asarray(a, "float64") for a in _conv_case(rng, 2, 7, 7, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"unknown convolution method 'winograd'.*im2col"):
+        F.conv2d(x, Wt, b, method="winograd")
+    with pytest.raises(ValueError, match="'shift' needs stride 1"):
+        F.conv2d(x, Wt, b, stride=2, method="shift")
+
+
+def test_auto_picks_per_layer_and_library(device):
+    """DeepConvNet's layers at batch 100; the GPU stand-in ("sim") always gets "gemm"."""
+    deep = [((100, 1, 28, 28), (16, 1, 3, 3), 1), ((100, 16, 28, 28), (16, 16, 3, 3), 1),
+            ((100, 16, 14, 14), (32, 16, 3, 3), 1), ((100, 32, 14, 14), (32, 32, 3, 3), 2),
+            ((100, 32, 8, 8), (64, 32, 3, 3), 1), ((100, 64, 8, 8), (64, 64, 3, 3), 1)]
+    got = [F.choose_conv_method(xs, ws, 1, pad, device.is_host) for xs, ws, pad in deep]
+    if device.is_host:
+        assert got == ["im2col", "gemm", "gemm", "gemm", "gemm", "gemm"]
+        assert F.choose_conv_method((100, 1, 28, 28), (30, 1, 5, 5), 1, 0, device.is_host) == "im2col"
+    else:
+        assert got == ["gemm"] * 6
+
+
+def max_pool_backward_reference(x, dout, PH, PW, stride, pad):
+    """Direct loops: each window's gradient goes to its first maximal element (row-major)."""
+    xp_ = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf)
+    dxp = np.zeros_like(xp_)
+    N, C, OH, OW = dout.shape
+    for n in range(N):
+        for c in range(C):
+            for i in range(OH):
+                for j in range(OW):
+                    win = xp_[n, c, i * stride:i * stride + PH, j * stride:j * stride + PW]
+                    a, b_ = np.unravel_index(np.argmax(win), win.shape)  # argmax: first maximum
+                    dxp[n, c, i * stride + a, j * stride + b_] += dout[n, c, i, j]
+    return dxp[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]
+
+
+@pytest.mark.parametrize("H,PH,PW,stride,pad", [(8, 2, 2, 2, 0), (7, 3, 3, 2, 1), (6, 3, 3, 1, 0),
+                                                 (6, 2, 3, 1, 1), (9, 3, 3, 3, 0)])
+def test_max_pool_backward_first_tie_on_quantized_inputs(device, rng, H, PH, PW, stride, pad):
+    """Inputs on a coarse grid (like 8-bit images after ReLU), so most windows hold ties;
+    overlapping windows add their routed gradients."""
+    x = np.maximum(rng.integers(-2, 3, (2, 3, H, H + (PW - PH))), 0).astype(float)
+    out, ctx = F.max_pool2d(device.asarray(x, "float64"), PH, PW, stride, pad)
+    dout = rng.standard_normal(tuple(out.shape))
+    dx = F.max_pool2d_backward(device.asarray(dout, "float64"), ctx)
+    np.testing.assert_allclose(device.to_numpy(dx), max_pool_backward_reference(x, dout, PH, PW, stride, pad),
+                               atol=1e-12)

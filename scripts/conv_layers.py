@@ -1,0 +1,407 @@
+"""Per-layer micro-benchmark of dualnet's convolution methods and max pooling, against PyTorch.
+
+Times the forward and the backward of every convolution and max-pool layer of DeepConvNet
+(book shapes, 28x28 input) and of SimpleConvNet (conv 1->30 5x5), for each convolution method
+in ``dualnet.functions.CONV_METHODS`` and for ``torch.nn.functional`` when PyTorch is installed.
+Contenders run interleaved in one process (every repetition times each contender once, in
+turn), after warm-up; the table gives medians and interquartile ranges in milliseconds.
+
+``--count`` instead counts array operations (one operation = one GPU kernel launch) per layer
+and method, running the functions on a counting wrapper of NumPy; the ``+cupy`` column adds
+the copies and pointer-array kernels CuPy's ``matmul`` launches on its own (operands that are
+not contiguous; broadcast batched products).
+
+Examples::
+
+    python scripts/conv_layers.py --threads 1 --out conv_1t.json
+    python scripts/conv_layers.py                   # BLAS / torch default threads
+    python scripts/conv_layers.py --count
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _parse():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=None,
+                   help="pin BLAS, OpenMP and torch to this many threads (default: their defaults)")
+    p.add_argument("--batch", type=int, default=100, help="batch size of DeepConvNet (default 100)")
+    p.add_argument("--simple-batches", type=int, nargs="*", default=[100, 256],
+                   help="batch sizes for SimpleConvNet (default 100 256)")
+    p.add_argument("--reps", type=int, default=15, help="timed repetitions per contender (default 15)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed repetitions first (default 3)")
+    p.add_argument("--methods", nargs="*", default=None,
+                   help="dualnet methods to time (default: every explicit one in CONV_METHODS)")
+    p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when installed")
+    p.add_argument("--only", nargs="*", default=None,
+                   help="time only layers whose name contains one of these strings")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--count", action="store_true", help="count array operations instead of timing")
+    p.add_argument("--out", default=None, help="write the results as JSON to this path")
+    return p.parse_args()
+
+
+ARGS = _parse() if __name__ == "__main__" else None
+if ARGS is not None and ARGS.threads is not None:
+    # Must be set before NumPy (and its OpenBLAS) is imported.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(ARGS.threads)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numpy as np  # noqa: E402  (after the thread variables)
+
+from dualnet import functions as F  # noqa: E402
+from dualnet.backend import get_device  # noqa: E402
+
+
+# --------------------------------------------------------------------------- the layers
+def conv_layers(batch, simple_batches):
+    """(name, x shape, W shape, stride, pad, need_dx) of every convolution benchmarked."""
+    N = batch
+    deep = [("deep1 1->16 28x28", (N, 1, 28, 28), (16, 1, 3, 3), 1, 1, False),
+            ("deep2 16->16 28x28", (N, 16, 28, 28), (16, 16, 3, 3), 1, 1, True),
+            ("deep3 16->32 14x14", (N, 16, 14, 14), (32, 16, 3, 3), 1, 1, True),
+            ("deep4 32->32 14x14 p2", (N, 32, 14, 14), (32, 32, 3, 3), 1, 2, True),
+            ("deep5 32->64 8x8", (N, 32, 8, 8), (64, 32, 3, 3), 1, 1, True),
+            ("deep6 64->64 8x8", (N, 64, 8, 8), (64, 64, 3, 3), 1, 1, True)]
+    simple = [(f"simple 1->30 5x5 N={n}", (n, 1, 28, 28), (30, 1, 5, 5), 1, 0, False)
+              for n in simple_batches]
+    return deep + simple
+
+
+def pool_layers(batch, simple_batches):
+    """(name, x shape) of every 2x2/2 max pooling benchmarked."""
+    N = batch
+    return ([("pool deep2 16x28x28", (N, 16, 28, 28)), ("pool deep4 32x16x16", (N, 32, 16, 16)),
+             ("pool deep6 64x8x8", (N, 64, 8, 8))]
+            + [(f"pool simple 30x24x24 N={n}", (n, 30, 24, 24)) for n in simple_batches])
+
+
+# --------------------------------------------------------------------------- timing
+def _stats(ms):
+    q25, q50, q75 = np.percentile(ms, [25, 50, 75])
+    return {"median": float(q50), "iqr": float(q75 - q25), "min": float(np.min(ms)), "n": len(ms)}
+
+
+def interleaved(contenders, reps, warmup):
+    """Time each contender's (forward, backward) pair, interleaved; returns name -> stats."""
+    times = {k: ([], []) for k in contenders}
+    for r in range(warmup + reps):
+        for k, (fwd, bwd) in contenders.items():
+            t0 = time.perf_counter()
+            state = fwd()
+            t1 = time.perf_counter()
+            bwd(state)
+            t2 = time.perf_counter()
+            if r >= warmup:
+                times[k][0].append((t1 - t0) * 1e3)
+                times[k][1].append((t2 - t1) * 1e3)
+    return {k: {"forward": _stats(f), "backward": _stats(b)} for k, (f, b) in times.items()}
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    if ARGS is not None and ARGS.threads is not None:
+        torch.set_num_threads(ARGS.threads)
+    return torch
+
+
+def conv_contenders(xp, shape, wshape, stride, pad, need_dx, methods, torch, dtype, rng):
+    x_np = rng.standard_normal(shape).astype(dtype)
+    W_np = (rng.standard_normal(wshape) * np.sqrt(2.0 / np.prod(wshape[1:]))).astype(dtype)
+    b_np = rng.standard_normal(wshape[0]).astype(dtype)
+    x, W, b = xp.asarray(x_np), xp.asarray(W_np), xp.asarray(b_np)
+    out0, _ = F.conv2d(x, W, b, stride, pad, method="im2col")
+    dout = xp.asarray(rng.standard_normal(tuple(out0.shape)).astype(dtype))
+    c = {}
+    for m in methods:
+        if m == "shift" and stride != 1:
+            continue
+        c[m] = (lambda m=m: F.conv2d(x, W, b, stride, pad, method=m)[1],
+                lambda ctx: F.conv2d_backward(dout, ctx, W, need_dx))
+    if torch is not None:
+        tx = torch.from_numpy(x_np).requires_grad_(need_dx)
+        tW = torch.from_numpy(W_np).requires_grad_(True)
+        tb = torch.from_numpy(b_np).requires_grad_(True)
+        td = torch.from_numpy(np.asarray(dout))
+        inputs = (tx, tW, tb) if need_dx else (tW, tb)
+        c["torch"] = (lambda: torch.nn.functional.conv2d(tx, tW, tb, stride=stride, padding=pad),
+                      lambda out: torch.autograd.grad(out, inputs, td))
+    return c
+
+
+def pool_contenders(xp, shape, torch, dtype, rng):
+    # After a ReLU: about half the inputs are exact zeros, so ties are real.
+    x_np = np.maximum(rng.standard_normal(shape), 0).astype(dtype)
+    x = xp.asarray(x_np)
+    out0, _ = F.max_pool2d(x, 2, 2, 2)
+    dout = xp.asarray(rng.standard_normal(tuple(out0.shape)).astype(dtype))
+    c = {"dualnet": (lambda: F.max_pool2d(x, 2, 2, 2)[1], lambda ctx: F.max_pool2d_backward(dout, ctx))}
+    if torch is not None:
+        tx = torch.from_numpy(x_np).requires_grad_(True)
+        td = torch.from_numpy(np.asarray(dout))
+        c["torch"] = (lambda: torch.nn.functional.max_pool2d(tx, 2, 2),
+                      lambda out: torch.autograd.grad(out, (tx,), td))
+    return c
+
+
+# --------------------------------------------------------------------------- counting
+class _Counter:
+    def __init__(self):
+        self.calls = 0      # array operations dualnet asks for
+        self.hidden = 0     # kernels CuPy's matmul would add on its own
+
+
+_COUNT = _Counter()
+
+
+def _unwrap(a):
+    if isinstance(a, CountingArray):
+        return a.a
+    if isinstance(a, (list, tuple)):
+        return type(a)(_unwrap(v) for v in a)
+    return a
+
+
+def _wrap(a):
+    return CountingArray(a) if isinstance(a, np.ndarray) else a
+
+
+def _contiguity(a):
+    return a.flags.c_contiguous, a.flags.f_contiguous
+
+
+class CountingArray:
+    """A NumPy array that counts every operation that would launch a GPU kernel.
+
+    Views (basic slicing, permute_dims, a reshape that needs no copy, ``empty``) launch
+    nothing and are not counted; every elementwise operator, reduction, copy, fill and
+    ``__setitem__`` is one kernel.
+    """
+    __slots__ = ("a",)
+
+    def __init__(self, a):
+        self.a = a
+
+    def __array_namespace__(self, api_version=None):
+        return COUNTING_XP
+
+    shape = property(lambda self: self.a.shape)
+    ndim = property(lambda self: self.a.ndim)
+    dtype = property(lambda self: self.a.dtype)
+    size = property(lambda self: self.a.size)
+    device = property(lambda self: "cpu")
+    mT = property(lambda self: CountingArray(np.swapaxes(self.a, -1, -2)))
+
+    def __getitem__(self, key):
+        return _wrap(self.a[_unwrap(key)])
+
+    def __setitem__(self, key, value):
+        _COUNT.calls += 1
+        self.a[_unwrap(key)] = _unwrap(value)
+
+    def __float__(self):
+        return float(self.a)
+
+    def __int__(self):
+        return int(self.a)
+
+    def __bool__(self):
+        return bool(self.a)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.a if dtype is None else self.a.astype(dtype)
+
+
+def _binop(name):
+    def op(self, other=None):
+        _COUNT.calls += 1
+        f = getattr(self.a, name)
+        r = f() if other is None else f(_unwrap(other))
+        if name.startswith("__i"):
+            return self
+        return _wrap(r)
+    return op
+
+
+for _n in ("add", "sub", "mul", "truediv", "pow", "and", "or", "eq", "ne", "lt", "le", "gt", "ge",
+           "radd", "rsub", "rmul", "rtruediv", "iadd", "isub", "imul", "itruediv", "matmul"):
+    setattr(CountingArray, f"__{_n}__", _binop(f"__{_n}__"))
+for _n in ("neg", "invert", "abs"):
+    setattr(CountingArray, f"__{_n}__", _binop(f"__{_n}__"))
+
+
+class _CountingNamespace:
+    """array_api_compat.numpy, counting calls that launch kernels (see :class:`CountingArray`)."""
+    _free = {"permute_dims", "matrix_transpose", "empty", "empty_like", "broadcast_to",
+             "expand_dims", "squeeze", "isdtype", "result_type", "finfo", "iinfo"}
+
+    def __init__(self):
+        import array_api_compat.numpy as base
+        self._base = base
+        self.__name__ = "dualnet_counting_numpy"
+
+    def __getattr__(self, name):
+        f = getattr(self._base, name)
+        if not callable(f) or isinstance(f, type) or name in ("float32", "float64", "int8", "int64", "bool"):
+            return f
+
+        def call(*args, **kw):
+            args, kw = _unwrap(args), {k: _unwrap(v) for k, v in kw.items()}
+            r = f(*args, **kw)
+            if name == "reshape":
+                if not np.shares_memory(r, args[0]):
+                    _COUNT.calls += 1
+            elif name == "matmul":
+                _COUNT.calls += 1
+                _COUNT.hidden += _cupy_matmul_extra(args[0], args[1])
+            elif name not in self._free:
+                _COUNT.calls += 1
+            return _wrap(r)
+        return call
+
+
+def _cupy_matmul_extra(a, b):
+    """Kernels CuPy's matmul launches besides the GEMM (cupy/_core/_routines_linalg.pyx):
+    2-D: a copy of each operand that is neither C- nor F-contiguous; batched: a copy of each
+    operand that is not C-contiguous, and three pointer-array kernels when a batch axis broadcasts."""
+    if max(a.ndim, b.ndim) <= 2:
+        return sum(1 for m in (a, b) if not any(_contiguity(m)))
+    extra = sum(1 for m in (a, b) if not m.flags.c_contiguous)
+    ba, bb = a.shape[:-2], b.shape[:-2]
+    nd = max(len(ba), len(bb))
+    ba, bb = (1,) * (nd - len(ba)) + ba, (1,) * (nd - len(bb)) + bb
+    if any(x != y for x, y in zip(ba, bb)):
+        extra += 3
+    return extra
+
+
+COUNTING_XP = _CountingNamespace()
+
+
+def count_ops(batch, simple_batches, methods, dtype):
+    rng = np.random.default_rng(0)
+    res = {}
+    for name, shape, wshape, stride, pad, need_dx in conv_layers(batch, simple_batches):
+        x = CountingArray(rng.standard_normal(shape).astype(dtype))
+        W = CountingArray(rng.standard_normal(wshape).astype(dtype))
+        b = CountingArray(rng.standard_normal(wshape[0]).astype(dtype))
+        row = {"auto_gpu": F.choose_conv_method(shape, wshape, stride, pad, host=False)}
+        for m in methods:
+            if m == "shift" and stride != 1:
+                continue
+            c0 = (_COUNT.calls, _COUNT.hidden)
+            out, ctx = F.conv2d(x, W, b, stride, pad, method=m)
+            c1 = (_COUNT.calls, _COUNT.hidden)
+            dout = CountingArray(np.ones(out.shape, dtype))
+            F.conv2d_backward(dout, ctx, W, need_dx)
+            c2 = (_COUNT.calls, _COUNT.hidden)
+            row[m] = {"forward": c1[0] - c0[0], "forward_cupy_extra": c1[1] - c0[1],
+                      "backward": c2[0] - c1[0], "backward_cupy_extra": c2[1] - c1[1]}
+        res[name] = row
+    for name, shape in pool_layers(batch, simple_batches):
+        x = CountingArray(rng.standard_normal(shape).astype(dtype))
+        c0 = _COUNT.calls
+        out, ctx = F.max_pool2d(x, 2, 2, 2)
+        c1 = _COUNT.calls
+        F.max_pool2d_backward(CountingArray(np.ones(out.shape, dtype)), ctx)
+        res[name] = {"dualnet": {"forward": c1 - c0, "backward": _COUNT.calls - c1}}
+    return res
+
+
+def print_counts(res):
+    print(f"{'layer':28s} {'method':8s} {'fwd':>4s} {'+cupy':>5s} {'bwd':>4s} {'+cupy':>5s} {'total':>6s}")
+    for name, row in res.items():
+        for m, c in row.items():
+            if m == "auto_gpu":
+                continue
+            fe, be = c.get("forward_cupy_extra", 0), c.get("backward_cupy_extra", 0)
+            print(f"{name:28s} {m:8s} {c['forward']:4d} {fe:5d} {c['backward']:4d} {be:5d} "
+                  f"{c['forward'] + fe + c['backward'] + be:6d}")
+        if "auto_gpu" in row:
+            print(f"{'':28s} (auto on a GPU: {row['auto_gpu']})")
+
+
+# --------------------------------------------------------------------------- report
+def print_table(results, auto):
+    print(f"{'layer':28s} {'method':8s} {'forward ms (IQR)':>17s} {'backward ms (IQR)':>18s} "
+          f"{'sum':>7s} {'vs im2col':>9s} {'vs torch':>8s}")
+    for name, row in results.items():
+        base = row.get("im2col") or row.get("dualnet")
+        ref = row.get("torch")
+        for m, s in row.items():
+            f, b = s["forward"], s["backward"]
+            tot = f["median"] + b["median"]
+            vs_base = (base["forward"]["median"] + base["backward"]["median"]) / tot if base else float("nan")
+            vs_t = (ref["forward"]["median"] + ref["backward"]["median"]) / tot if ref else float("nan")
+            tag = m + ("*" if auto.get(name) == m else "")
+            print(f"{name:28s} {tag:8s} {f['median']:8.2f} ({f['iqr']:5.2f}) {b['median']:9.2f} ({b['iqr']:5.2f}) "
+                  f"{tot:7.2f} {vs_base:8.2f}x {vs_t:7.2f}x")
+    print("* = what method='auto' runs on the CPU; 'vs' columns: speed relative to the row "
+          "(>1 is faster), on forward+backward medians")
+
+
+def totals(results, auto, prefix):
+    """Sum of medians over layers whose name starts with ``prefix``: per method and for auto."""
+    rows = {k: v for k, v in results.items() if k.startswith(prefix)}
+    out = {}
+    for m in ("im2col", "gemm", "torch"):
+        if all(m in r for r in rows.values()):
+            out[m] = sum(r[m]["forward"]["median"] + r[m]["backward"]["median"] for r in rows.values())
+    out["auto"] = sum(r[auto[k]]["forward"]["median"] + r[auto[k]]["backward"]["median"]
+                      for k, r in rows.items())
+    return out
+
+
+def main():
+    a = ARGS
+    methods = a.methods or [m for m in F.CONV_METHODS if m != "auto"]
+    if a.count:
+        res = count_ops(a.batch, a.simple_batches, methods, a.dtype)
+        print_counts(res)
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump({"counts": res}, f, indent=1)
+        return
+    dev = get_device("cpu")
+    xp = dev.xp
+    torch = None if a.no_torch else _torch()
+    rng = np.random.default_rng(0)
+    results, auto = {}, {}
+    for name, shape, wshape, stride, pad, need_dx in conv_layers(a.batch, a.simple_batches):
+        if a.only and not any(s in name for s in a.only):
+            continue
+        auto[name] = F.choose_conv_method(shape, wshape, stride, pad, host=True)
+        c = conv_contenders(xp, shape, wshape, stride, pad, need_dx, methods, torch, a.dtype, rng)
+        results[name] = interleaved(c, a.reps, a.warmup)
+        print(f"  timed {name}", file=sys.stderr, flush=True)
+    for name, shape in pool_layers(a.batch, a.simple_batches):
+        if a.only and not any(s in name for s in a.only):
+            continue
+        results[name] = interleaved(pool_contenders(xp, shape, torch, a.dtype, rng), a.reps, a.warmup)
+    print(f"threads: {a.threads or 'default'}; batch {a.batch}; {a.reps} reps after {a.warmup} warm-up; "
+          f"{a.dtype}; numpy {np.__version__}" + (f"; torch {torch.__version__}" if torch else ""))
+    print_table(results, auto)
+    summary = {p: totals(results, auto, p) for p in ("deep", "simple 1->30 5x5 N=100", "simple 1->30 5x5 N=256")
+               if any(k.startswith(p) for k in results)}
+    for p, t in summary.items():
+        print(f"{p}: conv fwd+bwd ms  " + "  ".join(f"{k}={v:.1f}" for k, v in t.items()))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"args": vars(a), "numpy": np.__version__,
+                       "torch": getattr(torch, "__version__", None), "auto": auto,
+                       "results": results, "totals": summary}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
