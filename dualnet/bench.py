@@ -24,39 +24,70 @@ SCHEMA_KEYS = ("impl", "device", "device_name", "model", "batch_size", "dtype", 
 
 
 # --------------------------------------------------------------------------- timing
-def time_steps(timer_factory, fn, steps=20, warmup=3, time_budget=None):
-    """Time ``fn()`` per call, each call bracketed by a synchronizing timer.
+SPREAD_WARN = 0.10  # an IQR above this fraction of the median is reported as unstable
+
+
+def _timed_call(timer_factory, fn):
+    t = timer_factory()
+    t.start()
+    fn()
+    return t.stop()
+
+
+def time_interleaved(contenders, steps=20, warmup=3, time_budget=None, max_steps=None):
+    """Time each contender's calls, one call of each in turn, so drifts of the machine (load,
+    clocks, caches) hit all of them alike.
 
     Parameters
     ----------
-    timer_factory : callable () -> timer with ``start()`` and ``stop() -> ms``; ``stop``
-        must wait for the device before reading the clock.
+    contenders : dict name -> (timer_factory, fn)
+        ``timer_factory()`` gives a timer with ``start()`` and ``stop() -> ms``; ``stop`` must
+        wait for the device before reading the clock.
+    steps : int
+        Timed calls of each contender at least (3 at the least even when the budget runs out).
+    time_budget : float, optional
+        Seconds of timed calls, all contenders together; past ``steps`` calls, rounds go on
+        while any contender's IQR exceeds ``SPREAD_WARN`` of its median, until ``max_steps``
+        (default 3 * steps) or the budget.
+
     Returns
     -------
-    list of float : milliseconds per call (at least 3, at most ``steps``).
+    dict name -> list of float : milliseconds per call.
     """
     for _ in range(warmup):
-        t = timer_factory()
-        t.start()
-        fn()
-        t.stop()
-    times, spent = [], 0.0
-    for i in range(max(3, steps)):
-        t = timer_factory()
-        t.start()
-        fn()
-        ms = t.stop()
-        times.append(ms)
-        spent += ms / 1e3
-        if i + 1 >= steps or (time_budget and spent > time_budget and i >= 2):
+        for tf, fn in contenders.values():
+            _timed_call(tf, fn)
+    times = {k: [] for k in contenders}
+    spent = 0.0
+    max_steps = max_steps or 3 * max(3, steps)
+    for i in range(max_steps):
+        for k, (tf, fn) in contenders.items():
+            ms = _timed_call(tf, fn)
+            times[k].append(ms)
+            spent += ms / 1e3
+        n = i + 1
+        over = time_budget is not None and spent > time_budget
+        if n >= 3 and over:
+            break
+        if n >= steps and all(_spread(v) <= SPREAD_WARN for v in times.values()):
             break
     return times
+
+
+def time_steps(timer_factory, fn, steps=20, warmup=3, time_budget=None):
+    """Time ``fn()`` per call (see :func:`time_interleaved`, with one contender)."""
+    return time_interleaved({"fn": (timer_factory, fn)}, steps, warmup, time_budget)["fn"]
+
+
+def _spread(times_ms):
+    q1, med, q3 = np.percentile(times_ms, [25, 50, 75])
+    return (q3 - q1) / med if med > 0 else 0.0
 
 
 def summarize(times_ms, batch):
     q1, med, q3 = np.percentile(times_ms, [25, 50, 75])
     return {"step_ms_median": float(med), "step_ms_iqr": float(q3 - q1), "images_per_s": float(batch / med * 1e3),
-            "steps": len(times_ms)}
+            "steps": len(times_ms), "unstable": bool(q3 - q1 > SPREAD_WARN * med)}
 
 
 # --------------------------------------------------------------------------- dualnet side
@@ -72,8 +103,9 @@ def make_model(name, device, dtype, seed=0):
     return build_model(name, shape, 10, device=device, dtype=dtype, seed=seed, **kw), shape
 
 
-def bench_dualnet(device, model_name, batch, dtype, steps, warmup, budget):
-    """Train-step and inference records for one dualnet model on ``device``."""
+def dualnet_contenders(device, model_name, batch, dtype):
+    """``{"train": fn, "infer": fn}`` for one dualnet model on ``device`` (a training step is
+    :func:`dualnet.training.train_step` with Adam)."""
     from .optimizers import Adam
     from .training import train_step
     model, shape = make_model(model_name, device, dtype)
@@ -81,13 +113,26 @@ def bench_dualnet(device, model_name, batch, dtype, steps, warmup, budget):
     rng = np.random.default_rng(0)
     x = device.asarray(rng.random((batch,) + shape), dtype)
     t = device.asarray(rng.integers(0, 10, batch))
-    out = []
-    with device.bind():
-        for phase, fn in (("train", lambda: train_step(model, opt, x, t)),
-                          ("infer", lambda: model.predict(x, train=False))):
-            peak = device.peak_memory(fn)
-            times = time_steps(device.timer, fn, steps, warmup, budget)
-            out.append({"impl": "dualnet", "phase": phase, "peak_mem_bytes": peak, **summarize(times, batch)})
+
+    def infer():
+        with device.bind():
+            model.predict(x, train=False)
+    return {"train": lambda: train_step(model, opt, x, t), "infer": infer}
+
+
+def ops_per_step(device, model_name, batch, dtype):
+    """Array operations (kernel launches on a GPU) of one training step and one inference pass,
+    counted on a :class:`dualnet.backend.CountingDevice` around ``device`` after a first step
+    (which creates the optimizer's state)."""
+    from .backend import CountingDevice
+    counting = CountingDevice(device)
+    fns = dualnet_contenders(counting, model_name, batch, dtype)
+    out = {}
+    for phase, fn in fns.items():
+        fn()
+        counting.ops = 0
+        fn()
+        out[phase] = counting.ops
     return out
 
 
@@ -142,7 +187,9 @@ class _TorchTimer:
         return (time.perf_counter() - self.t) * 1e3
 
 
-def bench_torch(torch, device, model_name, batch, dtype, steps, warmup, budget):
+def torch_contenders(torch, device, model_name, batch, dtype):
+    """``({"train": fn, "infer": fn}, timer_factory, peak_memory(fn))`` for the same model in
+    PyTorch on the same hardware; raises where PyTorch has no such device."""
     if device.torch_device is None:
         raise DeviceError(f"PyTorch has no counterpart of {device.spec}")
     tdev = torch.device(device.torch_device)
@@ -165,17 +212,15 @@ def bench_torch(torch, device, model_name, batch, dtype, steps, warmup, budget):
         with torch.no_grad():
             net(x)
 
-    out = []
-    for phase, fn in (("train", train), ("infer", infer)):
-        peak = None
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(tdev)
-            fn()
-            torch.cuda.synchronize(tdev)
-            peak = int(torch.cuda.max_memory_allocated(tdev))
-        times = time_steps(lambda: _TorchTimer(torch, cuda), fn, steps, warmup, budget)
-        out.append({"impl": "torch", "phase": phase, "peak_mem_bytes": peak, **summarize(times, batch)})
-    return out
+    def peak(fn):
+        if not cuda:
+            return None
+        torch.cuda.reset_peak_memory_stats(tdev)
+        fn()
+        torch.cuda.synchronize(tdev)
+        return int(torch.cuda.max_memory_allocated(tdev))
+
+    return {"train": train, "infer": infer}, (lambda: _TorchTimer(torch, cuda)), peak
 
 
 # --------------------------------------------------------------------------- layer micro-benchmarks
@@ -220,15 +265,29 @@ def bench_layers(device, dtype, batch, steps, warmup, budget, gemm_n=None):
 def environment():
     v = versions()
     st = cuda_status()
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # not on every platform
+        load = None
     v.update({"platform": platform.platform(), "cuda_driver": st["driver"], "cuda_runtime": st["cuda_runtime"],
-              "gpus": [d["name"] for d in st["devices"]]})
+              "gpus": [d["name"] for d in st["devices"]], "load_avg_1min": load})
     return v
 
 
 def run_bench(devices, models, batch_sizes, dtype="float32", steps=20, warmup=3, time_budget=10.0,
-              compare_torch=False, layers=True, conv_batch=256, gemm_n=None, log=print):
-    """Run every measurement; returns ``{"environment", "records", "skipped"}``."""
-    records, skipped = [], []
+              compare_torch=False, layers=False, conv_batch=256, gemm_n=None, count_ops=False, log=print):
+    """Run every measurement; returns ``{"environment", "records", "skipped", "warnings"}``.
+
+    dualnet and PyTorch (``compare_torch``) are timed interleaved, call by call, for each
+    model, batch size and phase.  ``count_ops`` adds ``ops_per_step`` (array operations, i.e.
+    kernel launches on a GPU) to dualnet's records; ``layers`` adds the layer micro-benchmarks.
+    """
+    records, skipped, warnings = [], [], []
+    env = environment()
+    load, cores = env.get("load_avg_1min"), env.get("cpu_count") or 1
+    if load is not None and load > 0.5 * cores:
+        warnings.append(f"the machine was busy when the bench started (load average {load:.1f} on "
+                        f"{cores} cores): timings may be slow and noisy")
     torch, torch_reason = torch_status() if compare_torch else (None, None)
     if compare_torch and torch is None:
         skipped.append({"impl": "torch", "device": "*", "reason": torch_reason})
@@ -243,29 +302,51 @@ def run_bench(devices, models, batch_sizes, dtype="float32", steps=20, warmup=3,
         base = {"device": dev.spec, "device_name": dev.name, "dtype": dtype}
         for m in models:
             for b in batch_sizes:
-                for r in bench_dualnet(dev, m, b, dtype, steps, warmup, time_budget):
-                    records.append({**base, "model": m, "batch_size": b, **r})
-                    log(_line(records[-1]))
+                ours = dualnet_contenders(dev, m, b, dtype)
+                theirs = None
                 if torch is not None:
                     try:
-                        rs = bench_torch(torch, dev, m, b, dtype, steps, warmup, time_budget)
+                        theirs = torch_contenders(torch, dev, m, b, dtype)
                     except Exception as e:  # e.g. a CPU-only torch build asked for CUDA
                         skipped.append({"impl": "torch", "device": dev.spec, "model": m, "reason": str(e)})
                         log(f"skipped torch on {dev.spec}: {e}")
-                        continue
-                    for r in rs:
-                        records.append({**base, "model": m, "batch_size": b, **r})
-                        log(_line(records[-1]))
+                ops = ops_per_step(dev, m, b, dtype) if count_ops else {}
+                for phase in ("train", "infer"):
+                    contenders = {"dualnet": (dev.timer, ours[phase])}
+                    peaks = {"dualnet": dev.peak_memory(ours[phase])}
+                    if theirs is not None:
+                        contenders["torch"] = (theirs[1], theirs[0][phase])
+                        peaks["torch"] = theirs[2](theirs[0][phase])
+                    with dev.bind():
+                        times = time_interleaved(contenders, steps, warmup, time_budget)
+                    for impl, ts in times.items():
+                        r = {**base, "model": m, "batch_size": b, "impl": impl, "phase": phase,
+                             "peak_mem_bytes": peaks[impl], **summarize(ts, b)}
+                        if impl == "dualnet" and phase in ops:
+                            r["ops_per_step"] = ops[phase]
+                        records.append(r)
+                        log(_line(r))
         if layers:
             for r in bench_layers(dev, dtype, conv_batch, steps, warmup, time_budget, gemm_n):
                 records.append({**base, **r})
                 log(_line(records[-1]))
     _add_ratios(records)
-    return {"environment": environment(), "records": records, "skipped": skipped}
+    unstable = [r for r in records if r.get("unstable")]
+    if unstable:
+        warnings.append(f"{len(unstable)} of {len(records)} measurements kept an IQR above "
+                        f"{SPREAD_WARN:.0%} of their median within the time budget: treat them as rough "
+                        f"(" + ", ".join(f"{r['impl']} {r['device']} {r['model']} b={r.get('batch_size')} "
+                                        f"{r['phase']}" for r in unstable[:4])
+                        + (", ..." if len(unstable) > 4 else "") + ")")
+    for w in warnings:
+        log(f"warning: {w}")
+    return {"environment": env, "records": records, "skipped": skipped, "warnings": warnings}
 
 
 def _line(r):
     extra = f"  {r['gflops']:.0f} GFLOP/s" if "gflops" in r else ""
+    extra += f"  {r['ops_per_step']} ops" if "ops_per_step" in r else ""
+    extra += "  (unstable)" if r.get("unstable") else ""
     return (f"  {r['impl']:>7} {r['device']:>7} {r['model']:>20} b={r.get('batch_size') or '-':>5} "
             f"{r['phase']:>13}: {r['step_ms_median']:9.2f} ms (IQR {r['step_ms_iqr']:.2f})  "
             f"{r['images_per_s']:12,.0f} /s{extra}")
@@ -291,12 +372,13 @@ def table(result):
     """Text table of model records: images/s, speedup over CPU, ratio to torch."""
     rows = [r for r in result["records"] if r["phase"] in ("train", "infer")]
     head = f"{'impl':>7} {'device':>7} {'model':>15} {'batch':>5} {'phase':>5} {'images/s':>11} " \
-           f"{'ms (median)':>11} {'IQR':>7} {'vs CPU':>7} {'/torch':>7}"
+           f"{'ms (median)':>11} {'IQR':>7} {'vs CPU':>7} {'/torch':>7} {'ops':>5}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['impl']:>7} {r['device']:>7} {r['model']:>15} {r['batch_size']:>5} {r['phase']:>5} "
                      f"{r['images_per_s']:>11,.0f} {r['step_ms_median']:>11.2f} {r['step_ms_iqr']:>7.2f} "
-                     f"{_fmt(r.get('speedup_vs_cpu'), 'x'):>7} {_fmt(r.get('ratio_vs_torch'), ''):>7}")
+                     f"{_fmt(r.get('speedup_vs_cpu'), 'x'):>7} {_fmt(r.get('ratio_vs_torch'), ''):>7} "
+                     f"{r.get('ops_per_step', '-'):>5}" + ("  unstable" if r.get("unstable") else ""))
     other = [r for r in result["records"] if r["phase"] not in ("train", "infer")]
     for r in other:
         g = f", {r['gflops']:.1f} GFLOP/s" if "gflops" in r else ""
@@ -309,6 +391,8 @@ def table(result):
                          f"of the device's measured GEMM peak ({peaks[r['device']]:.1f} GFLOP/s)")
     for s in result["skipped"]:
         lines.append(f"skipped {s['impl']} on {s['device']}: {s['reason']}")
+    for w in result.get("warnings", ()):
+        lines.append(f"warning: {w}")
     return "\n".join(lines)
 
 
@@ -317,19 +401,42 @@ def _fmt(v, suffix):
 
 
 def plot(result, path):
+    """Training images/s per batch size for each (implementation, device, model), with the
+    spread of the step time (its inter-quartile range) as error bars; bars when the run has a
+    single batch size."""
     from .plots import _fig, save_fig
     rows = [r for r in result["records"] if r["phase"] == "train"]
-    fig, ax = _fig(figsize=(7, 4.5))
-    for key in sorted({(r["impl"], r["device"], r["model"]) for r in rows}):
-        pts = sorted((r["batch_size"], r["images_per_s"]) for r in rows if (r["impl"], r["device"], r["model"]) == key)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if key[0] == "dualnet" else "s--",
-                label=" ".join(key))
-    ax.set_xscale("log")
+    keys = sorted({(r["impl"], r["device"], r["model"]) for r in rows})
+    batches = sorted({r["batch_size"] for r in rows})
+
+    def err(r):  # images/s at the quartiles of the step time, around the median's images/s
+        med, iqr = r["step_ms_median"], r["step_ms_iqr"]
+        lo = r["batch_size"] / (med + iqr / 2) * 1e3
+        hi = r["batch_size"] / max(med - iqr / 2, 1e-9) * 1e3
+        return r["images_per_s"] - lo, hi - r["images_per_s"]
+
+    fig, ax = _fig(figsize=(7.5, 4.5))
+    if len(batches) == 1:
+        for i, key in enumerate(keys):
+            r = next(r for r in rows if (r["impl"], r["device"], r["model"]) == key)
+            lo, hi = err(r)
+            ax.bar(i, r["images_per_s"], yerr=[[lo], [hi]], capsize=4,
+                   color="tab:blue" if key[0] == "dualnet" else "tab:orange")
+        ax.set_xticks(range(len(keys)), ["\n".join(k) for k in keys], fontsize=7)
+        ax.set_xlabel(f"implementation, device, model (batch {batches[0] if batches else '-'})")
+    else:
+        for key in keys:
+            pts = sorted((r["batch_size"], r) for r in rows if (r["impl"], r["device"], r["model"]) == key)
+            errs = [err(r) for _, r in pts]
+            ax.errorbar([b for b, _ in pts], [r["images_per_s"] for _, r in pts],
+                        yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=3,
+                        fmt="o-" if key[0] == "dualnet" else "s--", label=" ".join(key))
+        ax.set_xscale("log")
+        ax.set_xlabel("batch size")
+        ax.legend(fontsize=7)
     ax.set_yscale("log")
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("training images/s")
-    ax.set_title("training throughput")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("training images/s (error bars: step-time IQR)")
+    ax.set_title("training throughput, median of synchronized steps")
     return save_fig(fig, path)
 
 

@@ -104,12 +104,16 @@ def build_parser():
     b.add_argument("--models", default="simple_convnet,deep_convnet,mlp", help="comma-separated")
     b.add_argument("--batch-sizes", default="32,100,256,1024")
     b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    b.add_argument("--steps", type=_positive_int, default=20, help="timed steps per measurement (at most)")
+    b.add_argument("--steps", type=_positive_int, default=20,
+                   help="timed steps per measurement at least; more (up to 3x) while the spread is above 10%% of the median")
     b.add_argument("--warmup", type=_positive_int, default=3)
     b.add_argument("--time-budget", type=_positive_float, default=10.0,
-                   help="seconds per measurement; fewer steps are timed (at least 3) when exceeded")
+                   help="seconds of timed steps per measurement; fewer steps (at least 3) when exceeded")
     b.add_argument("--compare-torch", action="store_true", help="also time PyTorch on the same device")
-    b.add_argument("--no-layers", action="store_true", help="skip the conv-layer and optimizer micro-benchmarks")
+    b.add_argument("--layers", action="store_true",
+                   help="also time a 64->64 conv layer, a large GEMM (the device's peak) and the Adam update")
+    b.add_argument("--count-ops", action="store_true",
+                   help="count array operations per step (kernel launches on a GPU); works on any device")
     b.add_argument("--conv-batch", type=_positive_int, default=256, help="batch of the 64->64 conv layer benchmark")
     b.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
 
@@ -323,7 +327,8 @@ def cmd_bench(args):
     if not batches or min(batches) < 1:
         raise UserError(f"--batch-sizes must be positive integers, got {args.batch_sizes!r}")
     result = run_bench(_csv(args.devices), models, batches, args.dtype, args.steps, args.warmup,
-                       args.time_budget, args.compare_torch, not args.no_layers, args.conv_batch)
+                       args.time_budget, args.compare_torch, args.layers, args.conv_batch,
+                       count_ops=args.count_ops)
     print()
     print(table(result))
     j, p = write_result(result, args.out)

@@ -13,21 +13,44 @@ from .errors import ConfigError, DTypeError, ShapeError
 from .layers import (Affine, BatchNormalization, Convolution, Dropout, MaxPooling, ReLU, Sigmoid,
                      SoftmaxWithLoss, Tanh, _check_dtype, layer_from_spec)
 
-__all__ = ["Sequential", "TwoLayerNet", "MultiLayerNet", "SimpleConvNet", "DeepConvNet",
+__all__ = ["Sequential", "ParamDict", "TwoLayerNet", "MultiLayerNet", "SimpleConvNet", "DeepConvNet",
            "MODELS", "build_model", "model_from_config", "count_correct"]
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
 
 
 def count_correct(scores, t):
-    """Number of rows of ``scores`` (N, K) whose arg-max is the label, as a 0-d int64 array.
+    """Number of rows of ``scores`` (N, K) whose arg-max is the label, as a 0-d integer array.
 
     t : (N,) integer labels or (N, K) one-hot.  No host sync: the count stays on the device.
     """
     xp = namespace(scores)
     if t.ndim == 2:
         t = xp.argmax(t, axis=1)
-    return xp.sum(xp.astype(xp.argmax(scores, axis=1) == t, xp.int64))
+    return xp.count_nonzero(xp.argmax(scores, axis=1) == t)
+
+
+class ParamDict(dict):
+    """A network's parameters by name: the layers' own arrays.  Assigning a key re-binds that
+    layer's parameter (the book's ``params[key] -= lr * grad`` keeps working, and an optimizer
+    can serve all parameters from views of one flat buffer)."""
+
+    rebinds = True
+
+    def __init__(self, layers):
+        super().__init__((f"{i}.{k}", v) for i, l in enumerate(layers) for k, v in l.params.items())
+        self._layers = layers
+
+    def __setitem__(self, key, value):
+        if key not in self:
+            raise KeyError(f"{key!r} is not a parameter of this network; it has {', '.join(self)}")
+        i, name = key.split(".", 1)
+        layer = self._layers[int(i)]
+        if tuple(value.shape) != tuple(layer.params[name].shape):
+            raise ShapeError(f"parameter {key!r} has shape {tuple(layer.params[name].shape)}; "
+                             f"cannot bind an array of shape {tuple(value.shape)}")
+        layer.params[name] = value
+        super().__setitem__(key, value)
 
 
 class Sequential:
@@ -101,7 +124,7 @@ class Sequential:
     @property
     def params(self):
         """The layers' parameters by name (their own arrays: in-place updates train the network)."""
-        return {f"{i}.{k}": v for i, l in enumerate(self.layers) for k, v in l.params.items()}
+        return ParamDict(self.layers)
 
     @property
     def grads(self):
@@ -167,8 +190,9 @@ class Sequential:
     def predict(self, x, train=False):
         """Scores before softmax. x : (N, *input_shape) -> (N, K)."""
         self._check_input(x)
-        for layer in self.layers:
-            x = layer.forward(x, train)
+        with self.device.bind():
+            for layer in self.layers:
+                x = layer.forward(x, train)
         return x
 
     def penalty(self):
@@ -193,15 +217,21 @@ class Sequential:
         """Backpropagate from the last :meth:`loss`; returns :attr:`grads`."""
         if not hasattr(self, "scores"):
             raise ConfigError("backward() needs a forward pass first: call model.loss(x, t, train=True)")
+        with self.device.bind():
+            self._backward()
+        return self.grads
+
+    def _backward(self):
         dout = self.loss_layer.backward(1.0)
         for layer in reversed(self.layers[self._first:]):
             dout = layer.backward(dout)
         if self.weight_decay:
             xp = self.device.xp
             for layer, k, p in self._weights():
-                reg = p if self.regularization == "l2" else xp.sign(p)
+                # sign(p) as the difference of two comparisons: array-api-compat's CuPy sign()
+                # patches NaNs with a boolean-mask assignment, a host sync per weight per step
+                reg = p if self.regularization == "l2" else xp.astype(p > 0, p.dtype) - xp.astype(p < 0, p.dtype)
                 layer.grads[k] = layer.grads[k] + self.weight_decay * reg
-        return self.grads
 
     def gradient(self, x, t, train=True):
         """Loss and gradients of one batch: returns ``(loss, grads)``."""

@@ -203,3 +203,84 @@ def test_timer_measures_elapsed_time(device):
     t.start()
     time.sleep(0.02)
     assert t.stop() >= 15.0  # milliseconds, after synchronizing
+
+
+def fake_cupy(fail=None):
+    """A stand-in for CuPy on a machine with one GPU whose CUDA libraries are partly missing:
+    ``fail`` names the operation that raises the error a missing library raises."""
+    import contextlib
+    import types
+
+    errors = {"kernel": ImportError("libnvrtc.so.12: cannot open shared object file: No such file or directory"),
+              "matmul": ImportError("libcublas.so.12: cannot open shared object file: No such file or directory"),
+              "random": ImportError("libcurand.so.10: cannot open shared object file: No such file or directory")}
+
+    def maybe(op, value):
+        if fail == op:
+            raise errors[op]
+        return value
+
+    class Arr:
+        def __init__(self, a):
+            self.a = a
+
+        def __mul__(self, o):
+            return Arr(maybe("kernel", self.a * o))
+
+        def __add__(self, o):
+            return Arr(self.a + o)
+
+        def __matmul__(self, o):
+            return Arr(maybe("matmul", self.a @ o.a))
+
+        def sum(self):
+            return Arr(self.a.sum())
+
+    class RandomState:
+        def __init__(self, seed):
+            maybe("random", None)
+
+        def random_sample(self, n, dtype=None):
+            return Arr(np.zeros(n))
+
+    runtime = types.SimpleNamespace(
+        getDeviceCount=lambda: 1, driverGetVersion=lambda: 12040, runtimeGetVersion=lambda: 12040,
+        getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 1 << 34, "major": 9, "minor": 0})
+    cuda = types.SimpleNamespace(runtime=runtime, Device=lambda i: contextlib.nullcontext(),
+                                 Stream=types.SimpleNamespace(null=types.SimpleNamespace(synchronize=lambda: None)))
+    return types.SimpleNamespace(__version__="14.0.0", cuda=cuda, float32=np.float32,
+                                 arange=lambda n, dtype=None: Arr(np.arange(n, dtype=dtype)),
+                                 ones=lambda s, dtype=None: Arr(np.ones(s, dtype=dtype)),
+                                 random=types.SimpleNamespace(RandomState=RandomState))
+
+
+@pytest.mark.parametrize("fail,library", [("kernel", "NVRTC"), ("matmul", "cuBLAS"), ("random", "cuRAND")])
+def test_probe_names_the_missing_cuda_library(monkeypatch, fail, library):
+    """A driver and a GPU but no CUDA libraries: the probe runs a kernel, a matmul and a random
+    draw, names what is missing and how to install it, and auto falls back to the CPU."""
+    import sys
+    import dualnet.backend as B
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(fail))
+    try:
+        st = B.cuda_status(refresh=True)
+        assert not st["available"] and library in st["reason"] and "dualnet[cuda12]" in st["reason"]
+        assert st["devices"][0]["name"] == "Fake GPU"
+        dev = get_device("auto")
+        assert dev.kind == "cpu" and library in dev.reason
+        with pytest.raises(DeviceError, match=library):
+            get_device("cuda")
+    finally:
+        monkeypatch.undo()
+        B.cuda_status(refresh=True)
+
+
+def test_probe_passes_when_every_library_answers(monkeypatch):
+    import sys
+    import dualnet.backend as B
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(None))
+    try:
+        st = B.cuda_status(refresh=True)
+        assert st["available"] and st["reason"] == "" and st["driver"] == "12.4"
+    finally:
+        monkeypatch.undo()
+        B.cuda_status(refresh=True)

@@ -8,6 +8,7 @@ from dualnet.cli import main
 
 
 def small_run(devices, **kw):
+    kw.setdefault("layers", True)
     return bench.run_bench(devices, ["mlp", "simple_convnet"], [4, 8], steps=3, warmup=1, conv_batch=2,
                            gemm_n=64, log=lambda *_: None, **kw)
 
@@ -62,6 +63,44 @@ def test_timing_synchronizes_before_reading_the_clock():
     assert events == ["start", "work", "sync+read"] * 6
 
 
+def test_contenders_are_interleaved_and_repeated_until_stable():
+    """dualnet and its yardstick alternate call by call; a noisy contender gets more rounds
+    (up to 3x the steps), a steady one stops at the minimum."""
+    order = []
+
+    class Timer:
+        def __init__(self, name, times):
+            self.name, self.times = name, times
+
+        def start(self):
+            pass
+
+        def stop(self):
+            order.append(self.name)
+            return next(self.times)
+
+    steady = iter([1.0] * 100)
+    noisy = iter([1.0, 3.0] * 100)
+    res = bench.time_interleaved({"a": (lambda: Timer("a", steady), lambda: None),
+                                  "b": (lambda: Timer("b", noisy), lambda: None)}, steps=4, warmup=0)
+    assert order[:6] == ["a", "b"] * 3
+    assert len(res["a"]) == len(res["b"]) == 12  # the noisy one never settles: 3 x 4 rounds
+    calm = bench.time_interleaved({"a": (lambda: Timer("a", iter([2.0] * 100)), lambda: None)}, steps=4, warmup=0)
+    assert len(calm["a"]) == 4 and not bench.summarize(calm["a"], 1)["unstable"]
+    assert bench.summarize(res["b"], 1)["unstable"]
+
+
+def test_count_ops_meets_the_launch_targets(device):
+    """Array operations per Adam training step at batch 100 (kernel launches on a GPU): the
+    targets of the GPU-readiness issue, on the path a launch-bound device takes (the simulated
+    device stands in for a GPU; the CPU takes im2col for one input channel, 2-3 more)."""
+    counts = {m: bench.ops_per_step(device, m, 100, "float32")["train"]
+              for m in ("simple_convnet", "deep_convnet", "mlp")}
+    assert min(counts.values()) > 10  # the counter sees the operations
+    if not device.is_host:
+        assert counts["simple_convnet"] <= 100 and counts["deep_convnet"] <= 320 and counts["mlp"] <= 100, counts
+
+
 def test_ratios_are_computed():
     recs = [{"impl": i, "device": d, "model": "m", "batch_size": 8, "phase": "train",
              "step_ms_median": ms, "images_per_s": 8000 / ms}
@@ -74,12 +113,14 @@ def test_ratios_are_computed():
 
 def test_bench_command_writes_json_and_png(tmp_path, capsys, device):
     code = main(["bench", "--devices", f"cpu,{device.spec},cuda:7", "--models", "mlp", "--batch-sizes", "4", "--steps", "3",
-                 "--warmup", "1", "--no-layers", "--compare-torch", "--out", str(tmp_path)])
+                 "--warmup", "1", "--count-ops", "--compare-torch", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
     assert "skipped dualnet on cuda:7" in out
     res = json.loads((tmp_path / "bench.json").read_text())
     assert res["records"] and (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert all(r["ops_per_step"] > 0 for r in res["records"] if r["impl"] == "dualnet")
+    assert not any(r["phase"] == "gemm_peak" for r in res["records"])  # layer benchmarks only when asked
     try:
         import torch  # noqa: F401
         assert any(r["impl"] == "torch" and r["device"] == "cpu" for r in res["records"]) and "/torch" in out
@@ -89,5 +130,5 @@ def test_bench_command_writes_json_and_png(tmp_path, capsys, device):
 
 
 def test_bad_batch_sizes_are_a_clear_error(capsys):
-    assert main(["bench", "--devices", "cpu", "--batch-sizes", "0", "--no-layers"]) == 2
+    assert main(["bench", "--devices", "cpu", "--batch-sizes", "0"]) == 2
     assert "--batch-sizes" in capsys.readouterr().err

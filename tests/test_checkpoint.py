@@ -82,3 +82,24 @@ def test_written_files_have_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (os.stat(tmp_path / "f.txt").st_mode & 0o777) == 0o644
+
+
+def test_a_model_on_the_second_simulated_device_stays_there(tmp_path):
+    """sim:2 stands in for a second GPU: the model, its optimizer state and its random draws
+    stay on it through training, a checkpoint and a reload; data of sim:1 is refused."""
+    from dualnet.data import load_dataset
+    from dualnet.training import Trainer
+    two, one = dn.get_device("sim:2"), dn.get_device("sim:1")
+    net = dn.MultiLayerNet(64, [16], 10, dropout=0.2, device=two, seed=0)
+    opt = dn.Adam(0.01)
+    tr = Trainer(net, opt, load_dataset("digits", flatten=True), epochs=1, batch_size=100, progress=False,
+                 out_dir=str(tmp_path), log=lambda *_: None)
+    tr.fit()
+    arrays = list(net.params.values()) + list(net.grads.values()) + list(opt.state_dict()[1].values())
+    assert arrays and all(two.owns(a) for a in arrays)
+    drop = next(l for l in net.layers if isinstance(l, dn.Dropout))
+    assert two.owns(drop.rng.uniform((2,), two.dtype("float32")))  # the dropout masks
+    again, meta = load_checkpoint(tmp_path / "checkpoint.npz", two, optimizer=dn.Adam())
+    assert meta["epoch"] == 1 and all(two.owns(a) for a in again.params.values())
+    with pytest.raises(dn.DeviceError, match=r"device1.*sim:2"):
+        again.predict(one.asarray(np.zeros((1, 64)), "float32"))

@@ -97,3 +97,69 @@ def test_state_dict_roundtrip(device):
     np.testing.assert_array_equal(device.to_numpy(p1["w"]), device.to_numpy(p2["w"]))
     with pytest.raises(ValueError, match="checkpoint optimizer is Adam"):
         dn.SGD(0.1).load_state_dict(scalars, {}, device)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_one_flat_update_equals_per_parameter_updates(device, name):
+    """A network's params are served from one flat buffer; the result is the per-parameter one,
+    the layers keep training through their own (re-bound) arrays, and checkpoints keep their keys."""
+    rng = np.random.default_rng(0)
+    x = device.asarray(rng.standard_normal((8, 1, 6, 6)), "float64")
+    t = device.asarray(rng.integers(0, 3, 8))
+    nets = [dn.SimpleConvNet((1, 6, 6), filter_num=2, filter_size=3, pad=1, hidden_size=5, output_size=3,
+                             device=device, dtype="float64", seed=2) for _ in range(2)]
+    opts = [make_optimizer(name, 0.05), make_optimizer(name, 0.05)]
+    for _ in range(3):
+        for i, (net, opt) in enumerate(zip(nets, opts)):
+            net.loss(x, t, train=True)
+            net.backward()
+            # net 0: the network's own ParamDict (flat); net 1: a plain dict (per parameter)
+            opt.update(net.params if i == 0 else dict(net.params), net.grads)
+    assert opts[0]._flat is not None and opts[1]._flat is None
+    for k in nets[0].params:
+        np.testing.assert_allclose(device.to_numpy(nets[0].params[k]), device.to_numpy(nets[1].params[k]),
+                                   rtol=1e-12, atol=1e-15)
+    a, b = opts[0].state_dict()[1], opts[1].state_dict()[1]
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_allclose(device.to_numpy(a[k]), device.to_numpy(b[k]), rtol=1e-12, atol=1e-15)
+
+
+def test_flat_state_survives_a_rebound_parameter_and_a_reload(device):
+    """Moving a layer re-binds its parameters: the optimizer rebuilds its flat buffer and keeps
+    the state; a loaded state continues exactly like the optimizer it came from."""
+    rng = np.random.default_rng(1)
+    x = device.asarray(rng.standard_normal((6, 4)), "float64")
+    t = device.asarray(rng.integers(0, 2, 6))
+
+    def step(net, opt):
+        net.loss(x, t, train=True)
+        net.backward()
+        opt.update(net.params, net.grads)
+
+    a = dn.MultiLayerNet(4, [5], 2, device=device, dtype="float64", seed=0)
+    b = dn.MultiLayerNet(4, [5], 2, device=device, dtype="float64", seed=0)
+    oa, ob = dn.Adam(0.01), dn.Adam(0.01)
+    for _ in range(2):
+        step(a, oa)
+        step(b, ob)
+    scalars, arrays = oa.state_dict()
+    oc = dn.Adam(0.5)
+    oc.load_state_dict(scalars, {k: device.to_numpy(v) for k, v in arrays.items()}, device)
+    b.layers[0].to(device)  # re-binds layer 0's arrays (copies)
+    c = dn.MultiLayerNet(4, [5], 2, device=device, dtype="float64", seed=0)
+    c.load_state({k: device.to_numpy(v) for k, v in a.state().items()})
+    for _ in range(2):
+        step(a, oa)
+        step(b, ob)
+        step(c, oc)
+    for k in a.params:
+        ref = device.to_numpy(a.params[k])
+        np.testing.assert_allclose(device.to_numpy(b.params[k]), ref, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(device.to_numpy(c.params[k]), ref, rtol=1e-12, atol=1e-15)
+
+
+def test_update_refuses_grads_on_another_device():
+    cpu, sim = dn.get_device("cpu"), dn.get_device("sim")
+    with pytest.raises(dn.DeviceError, match="gradient"):
+        dn.SGD(0.1).update({"w": cpu.asarray(np.ones(2))}, {"w": sim.asarray(np.ones(2))})
