@@ -111,9 +111,16 @@ class Device:
         """The namespace's own device object, for ``device=`` arguments."""
         return self._dev
 
-    def describe(self):
-        """One line for a log: spec, name and, for ``auto``, why."""
-        return f"{self.spec} ({self.name})" + (f" - {self.reason}" if self.reason else "")
+    def describe(self, width=100):
+        """One line of at most ``width`` characters for a log: spec, name and, for ``auto``, why
+        in short (``reason`` and ``dualnet info`` have the whole story)."""
+        line = f"{self.spec} ({self.name})"
+        if self.reason:
+            short = self.reason.split(" (")[0].split(";")[0]
+            line += f" - {short}"
+        if len(line) > width:
+            line = line[:width - 3].rstrip() + "..."
+        return line
 
     @property
     def torch_device(self):

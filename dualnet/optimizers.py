@@ -48,8 +48,13 @@ class Optimizer:
             d[key] = namespace(p).zeros_like(p)
         return d[key]
 
-    def update(self, params, grads):
-        """Update ``params`` in place from ``grads`` (dicts with the same keys)."""
+    def update(self, params, grads, reduce=None):
+        """Update ``params`` in place from ``grads`` (dicts with the same keys).
+
+        ``reduce``, when given, maps the concatenated gradients (one flat array, the parameters'
+        order) to the gradients to apply: data-parallel training passes an all-reduce that
+        averages them over the processes, so the update sees one buffer, in one call.
+        """
         if not params:
             return
         first = next(iter(params.values()))
@@ -67,19 +72,22 @@ class Optimizer:
                                   f"{array_device(g)!r}, but every parameter and gradient must share the "
                                   f"device of the first parameter ({where!r}); move them with device.asarray(...)")
         with on_device_of(first):
-            self._step(params, grads)
+            self._step(params, grads, reduce)
 
-    def _step(self, params, grads):
+    def _step(self, params, grads, reduce):
         self.t += 1
         self._begin_step()
         flat = self._flatten(params)
         if flat is None:
+            if reduce is not None:
+                grads = _split(reduce(_concat(grads, list(params))), params)
             for k, p in params.items():
                 self._update(k, p, grads[k])
             return
         keys, P, _ = flat
-        xp = namespace(P)
-        G = xp.concat([xp.reshape(grads[k], (-1,)) for k in keys])
+        G = _concat(grads, keys)
+        if reduce is not None:
+            G = reduce(G)
         self._update(_FLAT, P, G)
 
     def _begin_step(self):
@@ -107,12 +115,8 @@ class Optimizer:
             return None
         xp = namespace(*values)
         keys = list(params)
-        P = xp.concat([xp.reshape(v, (-1,)) for v in values])
-        views, offset = {}, 0
-        for k, v in zip(keys, values):
-            n = math.prod(v.shape)
-            views[k] = xp.reshape(P[offset:offset + n], v.shape)
-            offset += n
+        P = _concat(params, keys)
+        views = _split(P, params)
         if not _aliases(P, views[keys[0]]):
             return None  # this backend copies on reshape: stay with per-parameter updates
         for k in keys:
@@ -125,12 +129,7 @@ class Optimizer:
                                     for k in keys])
             else:
                 flat_s = xp.zeros_like(P)
-            self.state[s] = {_FLAT: flat_s}
-            off = 0
-            for k in keys:
-                n = math.prod(params[k].shape)
-                self.state[s][k] = xp.reshape(flat_s[off:off + n], params[k].shape)
-                off += n
+            self.state[s] = {_FLAT: flat_s, **_split(flat_s, params)}
         self._flat = (keys, P, views)
         return self._flat
 
@@ -253,6 +252,23 @@ class Adam(Optimizer):
 
 
 _FLAT = "*"  # the key of the flat state buffer (never a parameter name: those are "layer.name")
+
+
+def _concat(arrays, keys):
+    """``arrays[k]`` for ``k`` in ``keys``, flattened into one 1-D array (one operation)."""
+    xp = namespace(arrays[keys[0]])
+    return xp.concat([xp.reshape(arrays[k], (-1,)) for k in keys])
+
+
+def _split(flat, like):
+    """The inverse of :func:`_concat`: views of ``flat`` shaped like the arrays of ``like``."""
+    xp = namespace(flat)
+    out, offset = {}, 0
+    for k, v in like.items():
+        n = math.prod(v.shape)
+        out[k] = xp.reshape(flat[offset:offset + n], v.shape)
+        offset += n
+    return out
 
 
 def _aliases(flat, view):

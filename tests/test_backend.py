@@ -284,3 +284,11 @@ def test_probe_passes_when_every_library_answers(monkeypatch):
     finally:
         monkeypatch.undo()
         B.cuda_status(refresh=True)
+
+
+def test_device_line_is_short_and_says_why():
+    dev = get_device("auto")
+    line = dev.describe()
+    assert len(line) <= 100 and line.startswith(dev.spec)
+    if dev.reason:
+        assert dev.reason.split(" (")[0].split(";")[0][:40] in line or line.endswith("...")

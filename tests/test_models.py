@@ -127,3 +127,22 @@ def test_sequential_for_your_own_net(device):
     assert max(e.rel for e in check_model(net, x, t, max_checks=5).values()) < 1e-6
     again = dn.model_from_config(net.config, device=device)
     assert [l.spec() for l in again.layers] == [l.spec() for l in net.layers]
+
+
+def test_pooling_before_relu_is_the_same_network(device):
+    """The models run conv - maxpool - ReLU: forward and gradients equal the book's
+    conv - ReLU - maxpool, including at ties and all-negative windows."""
+    rng = np.random.default_rng(0)
+    x = device.asarray(np.round(rng.standard_normal((4, 1, 8, 8)), 1), "float64")  # quantized: ties
+    t = device.asarray(rng.integers(0, 3, 4))
+    ours = dn.SimpleConvNet((1, 8, 8), filter_num=3, filter_size=3, pad=1, hidden_size=5, output_size=3,
+                            device=device, dtype="float64", seed=1)
+    assert [type(l).__name__ for l in ours.layers[:3]] == ["Convolution", "MaxPooling", "ReLU"]
+    book = dn.Sequential([dn.Convolution(1, 3, 3, pad=1), dn.ReLU(), dn.MaxPooling(2, 2, 2), dn.Affine(48, 5),
+                          dn.ReLU(), dn.Affine(5, 3)], (1, 8, 8), device=device, dtype="float64", seed=1)
+    book.load_state({k: device.to_numpy(v) for k, v in ours.state().items()})
+    la, lb = ours.loss(x, t, train=True), book.loss(x, t, train=True)
+    assert float(la) == pytest.approx(float(lb), rel=1e-14)
+    ga, gb = ours.backward(), book.backward()
+    for k in ga:
+        np.testing.assert_allclose(device.to_numpy(ga[k]), device.to_numpy(gb[k]), rtol=1e-12, atol=1e-14)

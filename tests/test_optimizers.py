@@ -163,3 +163,24 @@ def test_update_refuses_grads_on_another_device():
     cpu, sim = dn.get_device("cpu"), dn.get_device("sim")
     with pytest.raises(dn.DeviceError, match="gradient"):
         dn.SGD(0.1).update({"w": cpu.asarray(np.ones(2))}, {"w": sim.asarray(np.ones(2))})
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_reduce_sees_one_flat_gradient_buffer(device, flat):
+    """The data-parallel hook: ``reduce`` gets all gradients as one 1-D array, once per step, and
+    what it returns is what the update applies (here: halving them halves an SGD step)."""
+    net = dn.MultiLayerNet(4, [3], 2, device=device, dtype="float64", seed=0)
+    x = device.asarray(np.ones((2, 4)), "float64")
+    t = device.asarray(np.array([0, 1]))
+    before = {k: device.to_numpy(v).copy() for k, v in net.params.items()}
+    net.loss(x, t, train=True)
+    grads = {k: device.to_numpy(v).copy() for k, v in net.backward().items()}
+    seen = []
+
+    def halve(G):
+        seen.append(tuple(G.shape))
+        return G * 0.5
+    dn.SGD(0.1).update(net.params if flat else dict(net.params), net.grads, reduce=halve)
+    assert seen == [(net.num_params(),)]
+    for k in before:
+        np.testing.assert_allclose(device.to_numpy(net.params[k]), before[k] - 0.05 * grads[k], rtol=1e-12)

@@ -24,3 +24,11 @@ def test_readme_layer_alone_example():
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert float(scope["loss"]) < 0.3 and "W" in scope["fc"].grads
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    commands = re.findall(r"```bash\n(.*?)\n```", text, re.S)
+    test_command = next(c for c in commands if "pytest" in c)
+    assert test_command in (root / ".ci" / "run").read_text().splitlines()
