@@ -5,22 +5,32 @@ The model's configuration and training metadata travel as a JSON string in the
 are copied to the host before saving, so a checkpoint trained on CUDA loads on a
 CPU-only machine.  Files are written to a temporary name in the same folder and
 renamed over the target, so a crash never leaves a half-written checkpoint.
+
+A checkpoint is checked before anything is built from it: the JSON document's
+structure (meta, model configuration, optimizer scalars), then every stored array's
+name, shape, dtype and finiteness against what the configuration implies, so a
+tampered configuration cannot make the loader allocate more than the file holds.
+Every problem is a :class:`CheckpointError` naming the file.
 """
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import zipfile
 
 import numpy as np
 
-from .errors import CheckpointError
+from .errors import CheckpointError, DualnetError
 from .io import atomic_write
+from .layers import LAYERS
 from .models import model_from_config
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "CheckpointError"]
 
 FORMAT = "dualnet-checkpoint-1"
+MAX_DIM = 2 ** 31  # no configured size may exceed this, whatever the file holds
 
 
 def save_checkpoint(path, model, optimizer=None, meta=None):
@@ -30,6 +40,8 @@ def save_checkpoint(path, model, optimizer=None, meta=None):
     ----------
     meta : dict, optional
         JSON-ready training metadata (epoch, history, ...), returned by :func:`load_checkpoint`.
+
+    Raises :class:`dualnet.io.WriteError` when the file cannot be written (the old one is kept).
     """
     dev = model.device
     arrays = {k: dev.to_numpy(v) for k, v in model.state().items()}
@@ -42,21 +54,230 @@ def save_checkpoint(path, model, optimizer=None, meta=None):
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+# --------------------------------------------------------------------------- checks
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+class _Checker:
+    def __init__(self, path):
+        self.path = path
+
+    def fail(self, why):
+        return CheckpointError(f"checkpoint {self.path} is damaged or not a dualnet checkpoint: {why}; "
+                               f"use another checkpoint (or retrain)")
+
+    def obj(self, v, what):
+        if not isinstance(v, dict):
+            raise self.fail(f"{what} is {type(v).__name__} {_short(v)}, expected a JSON object")
+        return v
+
+    def int(self, v, what, lo=0, hi=MAX_DIM):
+        if not _is_int(v) or not lo <= v < hi:
+            raise self.fail(f"{what} is {_short(v)}, expected an integer in [{lo}, {hi})")
+        return int(v)
+
+    def num(self, v, what, finite=True):
+        if not _is_num(v) or (finite and not math.isfinite(v)):
+            raise self.fail(f"{what} is {_short(v)}, expected a finite number")
+        return float(v)
+
+
+def _short(v):
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _check_doc(c, doc):
+    """The JSON document's structure: format, model configuration, meta, optimizer scalars."""
+    c.obj(doc, "its metadata")
+    if doc.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {c.path} has format {_short(doc.get('format'))}, expected {FORMAT!r}")
+    model = c.obj(doc.get("model"), "the model configuration ('model')")
+    layers = model.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise c.fail(f"the model configuration has no list of layers (layers: {_short(layers)})")
+    for i, spec in enumerate(layers + [model.get("loss")]):
+        what = f"layer {i}" if i < len(layers) else "the loss"
+        c.obj(spec, what)
+        if spec.get("type") not in LAYERS:
+            raise c.fail(f"{what} has type {_short(spec.get('type'))}; known: {', '.join(sorted(LAYERS))}")
+        for k, v in spec.items():
+            if k != "type" and not (_is_num(v) or (isinstance(v, list) and all(_is_int(e) for e in v))):
+                raise c.fail(f"{what} ({spec['type']}) has {k}={_short(v)}, expected a number")
+            for e in (v if isinstance(v, list) else [v]):
+                if _is_int(e):
+                    c.int(e, f"{what} ({spec['type']}) {k}")
+                elif _is_num(e):
+                    c.num(e, f"{what} ({spec['type']}) {k}")
+    shape = model.get("input_shape")
+    if not isinstance(shape, list) or not shape:
+        raise c.fail(f"input_shape is {_short(shape)}, expected a list of sizes")
+    for s in shape:
+        c.int(s, "an input_shape entry", 1)
+    if model.get("dtype") not in ("float32", "float64"):
+        raise c.fail(f"dtype is {_short(model.get('dtype'))}, expected 'float32' or 'float64'")
+    c.int(model.get("seed", 0), "the model seed", 0, 2 ** 63)
+    wd = c.num(model.get("weight_decay", 0.0), "weight_decay")
+    if wd < 0:
+        raise c.fail(f"weight_decay is {wd}, expected >= 0")
+    if model.get("regularization", "l2") not in ("l2", "l1"):
+        raise c.fail(f"regularization is {_short(model.get('regularization'))}, expected 'l2' or 'l1'")
+    wi = model.get("weight_init")
+    if not (wi is None or wi in ("he", "xavier") or (_is_num(wi) and math.isfinite(wi) and wi > 0)):
+        raise c.fail(f"weight_init is {_short(wi)}")
+    if model.get("model_kwargs") is not None:
+        c.obj(model["model_kwargs"], "model_kwargs")
+
+    meta = c.obj(doc.get("meta", {}), "'meta'")
+    for k in ("epoch", "epoch_step", "step"):
+        if k in meta:
+            c.int(meta[k], f"meta {k}", 0, 2 ** 63)
+    for k in ("config", "history", "partial"):
+        if k in meta and meta[k] is not None:
+            c.obj(meta[k], f"meta {k}")
+    if "history" in meta:
+        for k, v in meta["history"].items():
+            if not isinstance(v, list) or not all(_is_num(e) for e in v):
+                raise c.fail(f"history {k!r} is {_short(v)}, expected a list of numbers")
+    if "iter_loss" in meta:
+        v = meta["iter_loss"]
+        if not isinstance(v, list) or not all(_is_num(e) for e in v):
+            raise c.fail(f"iter_loss is {_short(v)}, expected a list of numbers")
+    if "partial" in meta:
+        for k in ("correct", "seen"):
+            c.int(meta["partial"].get(k, 0), f"meta partial {k}", 0, 2 ** 63)
+        c.num(meta["partial"].get("elapsed_s", 0.0), "meta partial elapsed_s")
+
+    opt = doc.get("optimizer")
+    if opt is not None:
+        c.obj(opt, "the optimizer state")
+        from .optimizers import OPTIMIZERS
+        known = {cls.__name__: cls for cls in OPTIMIZERS.values()}
+        if opt.get("type") not in known:
+            raise c.fail(f"the optimizer type is {_short(opt.get('type'))}; known: {', '.join(known)}")
+        c.int(opt.get("t"), "the optimizer step count t", 0, 2 ** 63)
+        for h in known[opt["type"]].hyper:
+            if h not in opt:
+                raise c.fail(f"the optimizer state has no {h!r}")
+            c.num(opt[h], f"the optimizer's {h}")
+        if not opt["lr"] > 0:
+            raise c.fail(f"the optimizer's lr is {opt['lr']}, expected > 0")
+
+
+def _expected_arrays(spec):
+    """Shapes of the arrays a layer spec implies (``param/NAME`` and ``buffer/NAME``), computed
+    from the spec alone; None for a layer type whose arrays are not known here."""
+    t = spec["type"]
+    g = spec.get
+    if t == "Affine":
+        i, o = g("in_features"), g("out_features")
+        return {"param/W": (i, o), "param/b": (o,)}
+    if t == "Convolution":
+        k = g("kernel_size")
+        fh, fw = (k[0], k[1]) if isinstance(k, list) and len(k) == 2 else (k, k)
+        return {"param/W": (g("out_channels"), g("in_channels"), fh, fw), "param/b": (g("out_channels"),)}
+    if t == "BatchNormalization":
+        d = (g("num_features"),)
+        return {"param/gamma": d, "param/beta": d, "buffer/running_mean": d, "buffer/running_var": d}
+    cls = LAYERS[t]
+    from .layers import Layer
+    if not getattr(cls, "roles", None) and getattr(cls, "_init_buffers", None) is Layer._init_buffers:
+        return {}  # no parameters, no buffers
+    return None
+
+
+def _check_arrays(c, doc, arrays):
+    """Every stored array against the configuration, before a model is built."""
+    for k, a in arrays.items():
+        if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
+            raise c.fail(f"array {k!r} has dtype {a.dtype}, expected float32 or float64")
+        if not np.all(np.isfinite(a)):
+            raise c.fail(f"array {k!r} holds non-finite values (NaN or inf)")
+    model = doc["model"]
+    expected, known = {}, True
+    for i, spec in enumerate(model["layers"]):
+        shapes = _expected_arrays(spec)
+        if shapes is None:
+            known = False
+            continue
+        for name, shape in shapes.items():
+            kind, n = name.split("/", 1)
+            if not all(_is_int(s) for s in shape):
+                raise c.fail(f"layer {i} ({spec['type']}) has sizes {_short(shape)}")
+            expected[f"{kind}/{i}.{n}"] = tuple(int(s) for s in shape)
+    stored = {k: a for k, a in arrays.items() if not k.startswith("opt/")}
+    for k, shape in expected.items():
+        if k not in stored:
+            raise c.fail(f"the configuration implies array {k!r} of shape {shape} but the file has "
+                         f"no such array")
+        if tuple(stored[k].shape) != shape:
+            raise c.fail(f"array {k!r} has shape {tuple(stored[k].shape)} but the configuration "
+                         f"implies {shape}")
+    if known:
+        extra = sorted(set(stored) - set(expected))
+        if extra:
+            raise c.fail(f"unexpected arrays {', '.join(extra)} for the configured layers")
+    else:
+        # Bound what an unknown layer may ask for by what the file holds.
+        for spec in model["layers"]:
+            sizes = [v for v in spec.values() if _is_int(v)]
+            if sizes and math.prod(max(1, s) for s in sizes) > 4 * sum(a.size for a in stored.values()) + 1024:
+                raise c.fail(f"layer {spec['type']} asks for sizes {sizes}, more than the file's arrays hold")
+
+    params = {k[len("param/"):]: tuple(a.shape) for k, a in stored.items() if k.startswith("param/")}
+    opt = doc.get("optimizer")
+    slots = ()
+    if opt is not None:
+        from .optimizers import OPTIMIZERS
+        slots = next(cls.slots for cls in OPTIMIZERS.values() if cls.__name__ == opt["type"])
+    for k, a in arrays.items():
+        if not k.startswith("opt/"):
+            continue
+        parts = k.split("/", 2)
+        if len(parts) != 3 or parts[1] not in slots:
+            raise c.fail(f"optimizer array {k!r} is not a state of {opt['type'] if opt else 'any optimizer'}"
+                         f" (its slots: {', '.join(slots) or 'none'})")
+        if parts[2] not in params:
+            raise c.fail(f"optimizer array {k!r} belongs to no parameter of the model")
+        if tuple(a.shape) != params[parts[2]]:
+            raise c.fail(f"optimizer array {k!r} has shape {tuple(a.shape)} but parameter "
+                         f"{parts[2]!r} has shape {params[parts[2]]}")
+
+
+# --------------------------------------------------------------------------- reading
 def read_checkpoint(path):
-    """Read a checkpoint into host arrays: returns ``(doc, arrays)``."""
+    """Read and check a checkpoint into host arrays: returns ``(doc, arrays)``.
+
+    Raises :class:`CheckpointError` naming ``path`` when the file is missing, unreadable, or
+    its metadata or arrays do not fit each other (see the module docstring)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a folder; pass the .npz file in it "
+                              f"(e.g. {os.path.join(path, 'checkpoint.npz')})")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"checkpoint {path} is not a readable dualnet .npz file ({e})") from None
     if "meta" not in arrays:
         raise CheckpointError(f"checkpoint {path} has no 'meta' entry: not a dualnet checkpoint")
-    doc = json.loads(str(arrays.pop("meta")))
-    if doc.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} has format {doc.get('format')!r}, expected {FORMAT!r}")
+    c = _Checker(path)
+    raw = arrays.pop("meta")
+    if raw.ndim != 0 or raw.dtype.kind != "U":
+        raise c.fail(f"its 'meta' entry is a {raw.dtype} array of shape {raw.shape}, not a JSON string")
+    try:
+        doc = json.loads(str(raw))
+    except ValueError as e:
+        raise c.fail(f"its 'meta' entry is not valid JSON ({e})") from None
+    _check_doc(c, doc)
+    _check_arrays(c, doc, arrays)
     return doc, arrays
 
 
@@ -77,7 +298,15 @@ def load_checkpoint(path, device="cpu", model=None, optimizer=None, dtype=None, 
     """
     doc, arrays = read_checkpoint(path)
     if model is None:
-        model = model_from_config(doc["model"], device=device, dtype=dtype, conv_method=conv_method)
+        try:
+            model = model_from_config(doc["model"], device=device, dtype=dtype, conv_method=conv_method)
+        except DualnetError as e:
+            if getattr(e, "param", None) in ("device", "conv_method", "dtype"):
+                raise  # the caller's argument, not the file
+            raise CheckpointError(f"checkpoint {path}: its model configuration cannot be built: {e}") from None
+        except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {path}: its model configuration cannot be built: "
+                                  f"{type(e).__name__}: {e}") from None
     state = {k: v for k, v in arrays.items() if not k.startswith("opt/")}
     try:
         model.load_state(state)
@@ -90,6 +319,8 @@ def load_checkpoint(path, device="cpu", model=None, optimizer=None, dtype=None, 
         opt_arrays = {k[4:]: v.astype(model.dtype) for k, v in arrays.items() if k.startswith("opt/")}
         try:
             optimizer.load_state_dict(scalars, opt_arrays, model.device)
-        except ValueError as e:
+        except CheckpointError:
+            raise
+        except (ValueError, KeyError) as e:
             raise CheckpointError(f"checkpoint {path}: {e}") from None
     return model, doc.get("meta", {})

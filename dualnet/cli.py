@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -59,6 +60,7 @@ def build_parser():
     t.add_argument("--model", choices=list(MODELS), help="default: simple_convnet")
     t.add_argument("--dataset", choices=list(DATASETS), help="default: digits (embedded, no download)")
     _device_arg(t)
+    t.set_defaults(device=None)  # auto; with --resume, the checkpoint's device when it is usable here
     t.add_argument("--epochs", type=_positive_int, help="default: 20 on digits, 10 otherwise")
     t.add_argument("--batch-size", type=_positive_int, help="default: 100")
     t.add_argument("--optimizer", choices=list(OPTIMIZERS), help="default: adam")
@@ -75,8 +77,13 @@ def build_parser():
     t.add_argument("--data-dir", default=None)
     t.add_argument("--val-fraction", type=_fraction,
                    help="carve a validation split from the training data (default 0)")
-    t.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<model>-<time>)")
-    t.add_argument("--resume", default=None, metavar="CHECKPOINT")
+    t.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<model>-<time>); "
+                   "must be new or empty unless --resume or --overwrite")
+    t.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="continue exactly where CHECKPOINT (checkpoint.npz or interrupted.npz) stopped; "
+                        "flags left out take the checkpoint's values, contradicting ones are refused")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a non-empty --out, replacing its run files")
     t.add_argument("--log-every", type=_positive_int, default=50, help="steps between host syncs")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--no-plots", action="store_true")
@@ -153,28 +160,161 @@ def _model_kwargs(args, data):
     return kw
 
 
-def cmd_train(args):
-    from .backend import get_device
-    from .data import load_dataset
-    from .models import build_model
-    from .optimizers import make_optimizer, LRSchedule
-    from .checkpoint import read_checkpoint, load_checkpoint
-    from .training import Trainer, TrainingDiverged
+# A run's files in its directory (--overwrite replaces them; nothing else there is touched).
+RUN_FILES = ("checkpoint.npz", "interrupted.npz", "metrics.json", "loss.png", "accuracy.png", "filters.png")
+# What a resumed run continues: a flag left out takes the checkpoint's value, a contradicting one
+# is refused (--epochs, --device, --conv, --log-every, --out may change).
+RESUME_FIXED = ("model", "dataset", "val_fraction", "batch_size", "optimizer", "lr", "lr_decay",
+                "weight_decay", "seed", "dtype")
 
-    resume_doc = None
-    cfg = {}
+
+def _flag(key):
+    return "--" + key.replace("_", "-")
+
+
+def _same(a, b):
+    if isinstance(a, float) or isinstance(b, float):
+        try:
+            return abs(float(a) - float(b)) <= 1e-12 * max(abs(float(a)), abs(float(b)))
+        except (TypeError, ValueError):
+            return False
+    return a == b
+
+
+def _resume_settings(args, doc, path):
+    """Fill the flags left out from checkpoint ``path``'s run; refuse those that contradict it."""
+    cfg = doc["meta"].get("config") or {}
+    mc = doc["model"]
+    kw = mc.get("model_kwargs") or {}
+    facts = {k: cfg[k] for k in RESUME_FIXED if k in cfg}
+    facts["dtype"], facts["weight_decay"] = mc["dtype"], mc["weight_decay"]  # what the weights are
+    if mc.get("name"):
+        facts["model"] = mc["name"]
+    if doc.get("optimizer"):
+        facts["optimizer"] = doc["optimizer"]["type"].lower()
+
+    def refuse(flag, given, have):
+        return UserError(f"{flag} {given} contradicts checkpoint {path}, whose run used {have}; leave "
+                         f"{flag} out to continue that run exactly, or start a new run (another --out)")
+    for k in RESUME_FIXED:
+        given = getattr(args, k)
+        if given is not None and k in facts and not _same(given, facts[k]):
+            raise refuse(_flag(k), given, f"{k} {facts[k]}")
+        if given is None and k in facts:
+            setattr(args, k, facts[k])
+    if args.dropout is not None and not _same(float(args.dropout), float(kw.get("dropout", 0.0))):
+        raise refuse("--dropout", args.dropout, f"dropout {kw.get('dropout', 0.0)}")
+    if args.batchnorm and not kw.get("use_batchnorm"):
+        raise refuse("--batchnorm", "", "no batch normalization")
+    if args.data_dir is None and cfg.get("data_dir"):
+        args.data_dir = cfg["data_dir"]
+    if args.epochs is None and _is_count(cfg.get("epochs")):
+        args.epochs = cfg["epochs"]
+    return cfg
+
+
+def _is_count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _raise_interrupted(signum, frame):
+    from .training import Interrupted
+    raise Interrupted(signum)
+
+
+def cmd_train(args):
+    from .checkpoint import read_checkpoint
+    from .io import RunDir
+
+    resume_doc, cfg = None, {}
     if args.resume:
+        if args.overwrite:
+            raise UserError("--resume continues a run and --overwrite starts a new one; pass only one")
         resume_doc, _ = read_checkpoint(args.resume)
-        cfg = resume_doc["meta"].get("config", {})
+        cfg = _resume_settings(args, resume_doc, args.resume)
     for k, default in TRAIN_DEFAULTS.items():
         if getattr(args, k) is None:
-            setattr(args, k, cfg.get(k, default))
-    dev = get_device(args.device)
-    print(f"device: {dev.describe()}", flush=True)
+            setattr(args, k, default)
+    if args.data_dir is not None:
+        args.data_dir = os.path.abspath(args.data_dir)
     epochs = args.epochs or (20 if args.dataset == "digits" else 10)
+    done = int(resume_doc["meta"].get("epoch", 0)) if resume_doc else 0
+    if resume_doc and epochs < done:
+        raise UserError(f"--epochs {epochs} is fewer than the {done} epochs checkpoint {args.resume} has "
+                        f"already trained; pass --epochs {done + 1} or more to continue it")
+    out = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume else
+                       os.path.join("runs", f"{args.dataset}-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    # The run directory is checked (created, probed, locked) before anything is loaded or trained.
+    run_dir = RunDir(out, param="out_dir")
+    run_dir.acquire()
+    old_term = None
+    try:
+        if not args.resume and not args.overwrite:
+            there = run_dir.entries()
+            if there:
+                raise UserError(f"run directory {out} is not empty (it holds {', '.join(there[:4])}"
+                                f"{', ...' if len(there) > 4 else ''}); pass --resume "
+                                f"{os.path.join(out, 'checkpoint.npz')} to continue that run, --overwrite "
+                                f"to replace it, or another --out")
+        try:  # SIGTERM ends the command like Ctrl-C (the trainer defers both to a safe point)
+            old_term = signal.signal(signal.SIGTERM, _raise_interrupted)
+        except ValueError:  # not the main thread
+            old_term = None
+        return _train(args, out, run_dir, resume_doc, cfg, epochs)
+    except KeyboardInterrupt as e:
+        what = "terminated" if getattr(e, "signum", signal.SIGINT) == signal.SIGTERM else "interrupted"
+        path = getattr(e, "checkpoint", None)
+        if path:
+            pos = e.position
+            where = (f"step {pos['step']}, {pos['epoch_step']} steps into epoch {pos['epoch'] + 1}"
+                     if pos["epoch_step"] else f"step {pos['step']}, after epoch {pos['epoch']}")
+            print(f"\n{what}: saved {path} ({where}); resume with: dualnet train --resume {path}",
+                  file=sys.stderr)
+        else:
+            ck = os.path.join(out, "checkpoint.npz")
+            print(f"\n{what}: " + (f"nothing new to save; the last checkpoint is {ck}: resume with "
+                                   f"dualnet train --resume {ck}" if os.path.exists(ck)
+                                   else "stopped before training started; nothing was saved"),
+                  file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_INTERRUPTED)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        run_dir.release()
+
+
+def _train(args, out, run_dir, resume_doc, cfg, epochs):
+    from .backend import get_device
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset
+    from .errors import DataError, DeviceError
+    from .io import WriteError, write_json
+    from .models import build_model
+    from .optimizers import make_optimizer, LRSchedule
+    from .training import Trainer, TrainingDiverged
+
+    note = None
+    if args.device is None and resume_doc is not None and cfg.get("device"):
+        try:
+            dev = get_device(cfg["device"])
+        except DeviceError as e:
+            dev = get_device("auto")
+            note = (f"note: the checkpoint was trained on {cfg['device']}, which is not usable here ({e}); "
+                    f"continuing on {dev.spec}, whose shuffles and dropout masks differ from that device's")
+    else:
+        dev = get_device(args.device or "auto")
+    print(f"device: {dev.describe()}", flush=True)
+    if note:
+        print(note, flush=True)
     data = load_dataset(args.dataset, data_dir=args.data_dir, flatten=False,
                         val_fraction=args.val_fraction, seed=args.seed)
     print(data.summary(), flush=True)
+    fingerprint = data.fingerprint()
+    if resume_doc is not None and cfg.get("data_fingerprint") not in (None, fingerprint):
+        raise DataError(f"the {args.dataset} data loaded from {data.source} is not the data checkpoint "
+                        f"{args.resume} was trained on (data_dir {cfg.get('data_dir') or 'not given'}, "
+                        f"val_fraction {cfg.get('val_fraction')}); pass the data_dir of that run",
+                        param="data_dir")
     lr = args.lr
     if lr is None and args.dataset == "digits" and args.optimizer == "adam":
         lr = 0.003  # tuned for the small default run: >= 0.97 in 20 epochs
@@ -182,32 +322,44 @@ def cmd_train(args):
     lr = opt.lr
     if resume_doc is not None:
         model, meta = load_checkpoint(args.resume, dev, optimizer=opt, conv_method=args.conv)
+        if model.input_shape != tuple(data.sample_shape) or model.output_shape[-1] != data.num_classes:
+            raise UserError(f"checkpoint {args.resume} holds a model for samples {model.input_shape} and "
+                            f"{model.output_shape[-1]} classes but {args.dataset} has {data.sample_shape} "
+                            f"and {data.num_classes}; pass the --dataset it was trained on")
     else:
         model = build_model(args.model, data.sample_shape, data.num_classes, device=dev, dtype=args.dtype,
                             seed=args.seed, weight_decay=args.weight_decay, **_model_kwargs(args, data))
         meta = None
-    out = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume else
-                       os.path.join("runs", f"{args.dataset}-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"))
-    os.makedirs(out, exist_ok=True)
-    config = {"model": args.model, "dataset": args.dataset, "device": dev.spec, "device_name": dev.name,
+    config = {"model": args.model, "dataset": args.dataset, "data_dir": args.data_dir,
+              "data_fingerprint": fingerprint, "device": dev.spec, "device_name": dev.name,
               "epochs": epochs, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": lr,
-              "lr_decay": args.lr_decay, "weight_decay": args.weight_decay, "seed": args.seed,
-              "dtype": args.dtype, "val_fraction": args.val_fraction, "num_params": model.num_params()}
+              "lr_decay": args.lr_decay, "weight_decay": model.weight_decay, "seed": args.seed,
+              "dtype": model.dtype, "val_fraction": args.val_fraction, "num_params": model.num_params()}
     print(f"model: {args.model} ({model.num_params():,} parameters), {args.optimizer} lr {lr:g}, "
-          f"{epochs} epochs, batch {args.batch_size}, {args.dtype}; run directory {out}", flush=True)
+          f"{epochs} epochs, batch {args.batch_size}, {model.dtype}; run directory {out}", flush=True)
     tr = Trainer(model, opt, data, epochs=epochs, batch_size=args.batch_size,
                  schedule=LRSchedule(lr, args.lr_decay), out_dir=out, log_every=args.log_every,
                  progress=not args.no_progress, seed=args.seed, config=config)
     if meta is not None:
-        tr.restore(meta)
-        print(f"resuming after epoch {tr.start_epoch} (step {tr.step})", flush=True)
+        tr.restore(meta, args.resume)
+        print(f"resuming after epoch {tr.start_epoch}" +
+              (f", {tr.start_step} steps into epoch {tr.start_epoch + 1}" if tr.start_step else "") +
+              f" (step {tr.step})", flush=True)
+        if tr.start_epoch >= epochs:
+            print(f"the checkpoint has trained all {epochs} epochs: nothing left to train (pass --epochs "
+                  f"{epochs + 1} or more to train further); writing the metrics and plots", flush=True)
+    if args.overwrite:  # everything checked: only now are the earlier run's files replaced
+        for name in RUN_FILES:
+            p = os.path.join(out, name)
+            if os.path.exists(p):
+                try:
+                    os.unlink(p)
+                except OSError as e:
+                    raise WriteError(f"cannot remove {p} for --overwrite: {e.strerror or e}; remove it "
+                                     f"yourself or choose another --out", param="out_dir") from None
     t0 = time.perf_counter()
     try:
         tr.fit()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: saved {getattr(tr, 'interrupted_checkpoint', None)}; "
-              f"resume with --resume {getattr(tr, 'interrupted_checkpoint', '')}", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except TrainingDiverged as e:
         ck = os.path.join(out, "checkpoint.npz")
         kept = f"; last good checkpoint: {ck}" if os.path.exists(ck) else "; no checkpoint was written yet"
@@ -218,20 +370,26 @@ def cmd_train(args):
     val_acc = None
     if data.x_val is not None:
         val_acc = model.accuracy(dev.asarray(data.x_val, model.dtype), dev.asarray(data.t_val))
-    metrics = {"config": config, "device": dev.info(), "history": h, "test_acc": h["test_acc"][-1],
+    metrics = {"config": config, "device": dev.info(), "history": h,
+               "test_acc": h["test_acc"][-1] if h["test_acc"] else None,
                "val_acc": val_acc, "wall_time_s": wall, "steps": tr.step}
-    from .io import write_json
-    write_json(os.path.join(out, "metrics.json"), metrics)
-    if not args.no_plots:
-        from . import plots
-        plots.plot_loss(tr.iter_loss, os.path.join(out, "loss.png"), f"{args.model} on {args.dataset}")
-        plots.plot_accuracy(h, os.path.join(out, "accuracy.png"), f"{args.model} on {args.dataset}")
-        first = next(k for k, role in model.roles().items() if role == "weight")
-        try:
-            plots.plot_filters(dev.to_numpy(model.params[first]), os.path.join(out, "filters.png"))
-        except ValueError:
-            pass  # affine weights of a non-square input cannot be drawn as images
-    print(f"final test accuracy: {h['test_acc'][-1]:.4f}" +
+    try:
+        write_json(os.path.join(out, "metrics.json"), metrics)
+        if not args.no_plots:
+            from . import plots
+            plots.plot_loss(tr.iter_loss, os.path.join(out, "loss.png"), f"{args.model} on {args.dataset}")
+            plots.plot_accuracy(h, os.path.join(out, "accuracy.png"), f"{args.model} on {args.dataset}")
+            first = next(k for k, role in model.roles().items() if role == "weight")
+            try:
+                plots.plot_filters(dev.to_numpy(model.params[first]), os.path.join(out, "filters.png"))
+            except ValueError:
+                pass  # affine weights of a non-square input cannot be drawn as images
+    except WriteError as e:
+        ck = os.path.join(out, "checkpoint.npz")
+        raise WriteError(f"{e}; training finished and {ck} holds the trained model "
+                         f"(dualnet evaluate --checkpoint {ck})", param="out_dir") from None
+    acc = f"{h['test_acc'][-1]:.4f}" if h["test_acc"] else "n/a"
+    print(f"final test accuracy: {acc}" +
           (f" (validation {val_acc:.4f})" if val_acc is not None else "") +
           f"  [{wall:.1f} s; {out}]")
     return 0
@@ -243,16 +401,21 @@ def cmd_evaluate(args):
     from .checkpoint import read_checkpoint, load_checkpoint
     from .data import load_dataset
     doc, _ = read_checkpoint(args.checkpoint)
-    dataset = args.dataset or doc["meta"].get("config", {}).get("dataset")
+    cfg = doc["meta"].get("config") or {}
+    dataset = args.dataset or cfg.get("dataset")
     if not dataset:
         raise UserError(f"{args.checkpoint} does not record its dataset: pass --dataset")
+    data_dir = args.data_dir
+    if data_dir is None and dataset == cfg.get("dataset"):
+        data_dir = cfg.get("data_dir")  # the folder the run was trained from
     dev = get_device(args.device)
     print(f"device: {dev.describe()}")
     model, _ = load_checkpoint(args.checkpoint, dev)
-    data = load_dataset(dataset, data_dir=args.data_dir)
-    if tuple(data.sample_shape) != model.input_shape:
-        raise UserError(f"{dataset} samples have shape {data.sample_shape} but the model expects "
-                        f"{model.input_shape}; pass the --dataset it was trained on")
+    data = load_dataset(dataset, data_dir=data_dir)
+    if tuple(data.sample_shape) != model.input_shape or data.num_classes != model.output_shape[-1]:
+        raise UserError(f"{dataset} samples have shape {data.sample_shape} ({data.num_classes} classes) but "
+                        f"the model expects {model.input_shape} ({model.output_shape[-1]} classes); pass "
+                        f"the --dataset it was trained on")
     acc = model.accuracy(dev.asarray(data.x_test, model.dtype), dev.asarray(data.t_test))
     print(f"test accuracy on {dataset}: {acc:.4f} ({data.x_test.shape[0]} images)")
     return 0
@@ -340,16 +503,20 @@ def cmd_bench(args):
 def cmd_study(args):
     from .backend import get_device
     from .studies import STUDIES, run_study
+    from .io import RunDir
     dev = get_device(args.device)
     print(f"device: {dev.describe()}")
-    for name in (STUDIES if args.name == "all" else (args.name,)):
-        doc = run_study(name, dev, args.quick, args.out, args.data_dir, args.seed, args.workers)
-        print(f"{name}: data {doc.get('data', '-')}, {doc['seconds']:.1f} s -> {args.out}/{name}.json")
+    # --out is created, probed and locked before any study runs (a failed write later is one line too).
+    with RunDir(args.out, param="out"):
+        for name in (STUDIES if args.name == "all" else (args.name,)):
+            doc = run_study(name, dev, args.quick, args.out, args.data_dir, args.seed, args.workers)
+            print(f"{name}: data {doc.get('data', '-')}, {doc['seconds']:.1f} s -> {args.out}/{name}.json")
     return 0
 
 
 # --------------------------------------------------------------------------- main
-FLAG_OF = {"method": "--conv", "conv_method": "--conv"}  # arguments whose flag has another name
+FLAG_OF = {"method": "--conv", "conv_method": "--conv",  # arguments whose flag has another name
+           "out_dir": "--out"}
 
 
 def _with_flag(e, parser, command):

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import struct
 import tarfile
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, DualnetError
 from .io import atomic_write
 
 __all__ = ["Dataset", "DataError", "load_dataset", "DATASETS", "read_idx", "load_digits",
@@ -46,6 +48,17 @@ class Dataset:
     @property
     def sample_shape(self):
         return tuple(self.x_train.shape[1:])
+
+    def fingerprint(self):
+        """A short digest of the splits (shapes, dtypes, labels and a sample of the images), so a
+        resumed run can tell whether it has the data its checkpoint was trained on."""
+        h = hashlib.sha256()
+        for a in (self.x_train, self.t_train, self.x_test, self.t_test):
+            step = max(1, a.shape[0] // 256)
+            h.update(repr((tuple(a.shape), str(a.dtype))).encode())
+            h.update(np.ascontiguousarray(a[::step]).tobytes())
+        h.update(np.ascontiguousarray(self.t_train).tobytes())
+        return h.hexdigest()[:20]
 
     def summary(self):
         s = f"{self.name}: train {self.x_train.shape[0]}, test {self.x_test.shape[0]}"
@@ -128,11 +141,14 @@ def read_idx(path):
         raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header})")
     dims = struct.unpack(">" + "I" * ndim, raw[4:header])
     dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected = header + int(np.prod(dims)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize  # Python ints: no overflow
     if len(raw) != expected:
         raise DataError(f"{path}: wrong length: header says shape {dims} ({expected} bytes) but the "
                         f"file has {len(raw)} bytes; the file is truncated or corrupt, delete it")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    try:
+        return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    except ValueError as e:
+        raise DataError(f"{path}: cannot read shape {dims} ({e}); the file is corrupt, delete it") from None
 
 
 # --------------------------------------------------------------------------- downloads
@@ -171,6 +187,20 @@ def _find_mnist(name, data_dir, download):
     candidates = [d for d in (data_dir, os.path.join(data_dir, name) if data_dir else None,
                               cache_dir(name), system_dir(name)) if d]
     user_dirs = candidates[:2] if data_dir else []
+    if data_dir:
+        data_dir = os.fspath(data_dir)
+        if not os.path.isdir(data_dir):
+            raise DataError(f"data_dir {data_dir} " + ("is a file" if os.path.exists(data_dir) else "does not exist")
+                            + f"; pass the folder that holds the four {name} IDX .gz files "
+                              f"({', '.join(MNIST_FILES)}), or leave data_dir out to use the cache "
+                              f"or download", param="data_dir")
+        for d in user_dirs:
+            have = [f for f in MNIST_FILES if os.path.exists(os.path.join(d, f))]
+            if have and len(have) < len(MNIST_FILES):
+                missing = [f for f in MNIST_FILES if f not in have]
+                raise DataError(f"{d} holds {', '.join(have)} but lacks {', '.join(missing)}; "
+                                f"put all four {name} IDX .gz files there, or pass another data_dir",
+                                param="data_dir")
     for d in candidates:
         paths = [os.path.join(d, f) for f in MNIST_FILES]
         if all(os.path.exists(p) for p in paths):
@@ -206,6 +236,19 @@ def _find_mnist(name, data_dir, download):
 
 
 # --------------------------------------------------------------------------- loaders
+def _check_label_file(path, labels, num_classes):
+    """Labels read from ``path`` must be integers in 0..num_classes-1 (a negative or too large
+    label would become an all-zero one-hot row that silently contributes nothing)."""
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: labels have dtype {labels.dtype}; expected integer class indices "
+                        f"(IDX type 0x08 unsigned bytes)")
+    if labels.size:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= num_classes:
+            raise DataError(f"{path}: label {lo if lo < 0 else hi} is out of range 0..{num_classes - 1}; "
+                            f"the file is corrupt or not a {num_classes}-class label file")
+
+
 def _finish(name, x_train, t_train, x_test, t_test, num_classes, source, normalize, flatten,
             one_hot, val_fraction, seed, classes=()):
     x_train = x_train.astype(np.float32)
@@ -219,12 +262,22 @@ def _finish(name, x_train, t_train, x_test, t_test, num_classes, source, normali
         x_test = x_test.reshape(x_test.shape[0], -1)
     t_train = t_train.astype(np.int64)
     t_test = t_test.astype(np.int64)
+    if x_train.shape[0] == 0 or x_test.shape[0] == 0:
+        raise DataError(f"{name} from {source}: the {'training' if x_train.shape[0] == 0 else 'test'} "
+                        f"split is empty ({x_train.shape[0]} training, {x_test.shape[0]} test images)")
     x_val = t_val = None
     if val_fraction:
         if not 0 < val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}", param="val_fraction")
         perm = np.random.default_rng(seed).permutation(x_train.shape[0])
         n_val = int(round(val_fraction * x_train.shape[0]))
+        if n_val < 1 or n_val >= x_train.shape[0]:
+            n = x_train.shape[0]
+            lo, hi = 1 / n, (n - 1) / n
+            raise ConfigError(f"val_fraction={val_fraction} of the {n} training images leaves "
+                              f"{n_val} for validation and {n - n_val} for training; both need at least "
+                              f"one: pass a val_fraction between {lo:.2g} and {hi:.4g} (or 0 for none)",
+                              param="val_fraction")
         x_val, t_val = x_train[perm[:n_val]], t_train[perm[:n_val]]
         x_train, t_train = x_train[perm[n_val:]], t_train[perm[n_val:]]
     if one_hot:
@@ -257,8 +310,15 @@ def load_mnist(name="mnist", data_dir=None, normalize=True, flatten=False, one_h
         if imgs.ndim != 3 or labels.ndim != 1 or imgs.shape[0] != labels.shape[0]:
             raise DataError(f"{pi} has shape {imgs.shape} but {pl} has shape {labels.shape}; "
                             f"expected (N, 28, 28) images and (N,) labels of the same N")
-        if labels.size and int(labels.max()) > 9:
-            raise DataError(f"{pl}: label {int(labels.max())} is out of range 0..9")
+        if imgs.shape[0] == 0:
+            raise DataError(f"{pi} holds no images (shape {imgs.shape}); the file is empty or "
+                            f"truncated: delete it or pass a data_dir with the real files", param="data_dir")
+        _check_label_file(pl, labels, 10)
+        if not np.all(np.isfinite(imgs)):
+            raise DataError(f"{pi}: images hold NaN or inf; the file is corrupt, delete it")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DataError(f"{paths[0]} holds images of shape {xtr.shape[1:]} but {paths[2]} of shape "
+                        f"{xte.shape[1:]}; the training and test images must have the same size")
     return _finish(name, xtr[:, None], ttr, xte[:, None], tte, 10, where, normalize, flatten,
                    one_hot, val_fraction, seed, FASHION_CLASSES if name == "fashion-mnist"
                    else [str(i) for i in range(10)])
@@ -279,9 +339,41 @@ def _read_cifar_batch(path):
                         f"{CIFAR_RECORD}; the file is truncated or not a binary CIFAR-10 batch")
     rec = np.frombuffer(raw, np.uint8).reshape(-1, CIFAR_RECORD)
     labels = rec[:, 0].astype(np.int64)
-    if labels.max() > 9:
-        raise DataError(f"{path}: label {int(labels.max())} is out of range 0..9")
+    _check_label_file(path, labels, 10)
     return rec[:, 1:].reshape(-1, 3, 32, 32), labels
+
+
+def _extract_cifar(tgz, dest, files):
+    """Unpack the CIFAR-10 batches of ``tgz`` into ``dest`` (each file atomically); a damaged or
+    truncated archive is a DataError naming it, and leaves no half-written batch."""
+    class _Bad(Exception):
+        pass
+
+    def copy(src, f):
+        try:
+            block = src.read(1 << 20)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as e:  # reading the archive
+            raise _Bad(e) from None
+        while block:
+            f.write(block)
+            try:
+                block = src.read(1 << 20)
+            except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+                raise _Bad(e) from None
+    try:
+        with tarfile.open(tgz) as tf:
+            members = [m for m in tf.getmembers() if m.isfile() and os.path.basename(m.name) in files]
+            for m in members:
+                src = tf.extractfile(m)
+                atomic_write(os.path.join(dest, os.path.basename(m.name)), lambda f: copy(src, f))
+    except DualnetError:
+        raise  # a failed write (full disk, ...) names its own path
+    except _Bad as e:
+        raise DataError(f"{tgz}: damaged or truncated archive ({e}); delete it and download "
+                        f"cifar-10-binary.tar.gz again", param="data_dir") from None
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(f"{tgz}: not a readable .tar.gz archive ({type(e).__name__}: {e}); delete it "
+                        f"and download cifar-10-binary.tar.gz again", param="data_dir") from None
 
 
 def load_cifar10(data_dir=None, normalize=True, flatten=False, one_hot=False, val_fraction=0.0,
@@ -304,13 +396,8 @@ def load_cifar10(data_dir=None, normalize=True, flatten=False, one_hot=False, va
             break
         tgz = os.path.join(d, "cifar-10-binary.tar.gz")
         if os.path.exists(tgz):
-            with tarfile.open(tgz) as tf:
-                members = [m for m in tf.getmembers() if m.isfile() and os.path.basename(m.name) in files]
-                dest = os.path.join(d, CIFAR_DIR)
-                os.makedirs(dest, exist_ok=True)
-                for m in members:
-                    src = tf.extractfile(m)
-                    atomic_write(os.path.join(dest, os.path.basename(m.name)), lambda f: _copy(src, f))
+            dest = os.path.join(d, CIFAR_DIR)
+            _extract_cifar(tgz, dest, files)
             if all(os.path.exists(os.path.join(dest, f)) for f in files):
                 found = dest
                 break

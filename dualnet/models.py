@@ -209,9 +209,41 @@ class Sequential:
         """Mean loss (0-d device array) of a batch, plus the weight-decay penalty.
 
         Keeps what :meth:`backward` needs; ``self.scores`` holds the (N, K) scores.
+
+        ``t`` must be on the model's device: (N,) integer labels or (N, K) one-hot floats.
+        Their dtype and shape are always checked; their range only where that costs no host
+        sync (on the CPU).  On an accelerator the range is checked once, where the data is
+        placed (:class:`dualnet.training.BatchSource`).
         """
+        self.device.check(t, "labels")
+        xp = self.device.xp
+        K = self.output_shape[-1]
+        N = x.shape[0] if hasattr(x, "shape") and len(x.shape) else None
+        if t.ndim == 1 and xp.isdtype(t.dtype, "integral"):
+            if N is not None and t.shape[0] != N:
+                raise ShapeError(f"labels have shape {tuple(t.shape)} but the input has {N} samples; "
+                                 f"pass one label per sample")
+            if self.device.is_host and t.shape[0]:
+                lo, hi = int(xp.min(t)), int(xp.max(t))
+                if lo < 0 or hi >= K:
+                    from .errors import DataError
+                    raise DataError(f"labels hold {lo if lo < 0 else hi} but the model has {K} classes "
+                                     f"(0..{K - 1}); fix the labels or build the model with "
+                                     f"output_size > {hi}")
+        elif t.ndim == 2 and xp.isdtype(t.dtype, "real floating"):
+            if N is not None and tuple(t.shape) != (N, K):
+                raise ShapeError(f"one-hot labels have shape {tuple(t.shape)} but the scores have shape "
+                                 f"({N}, {K}); pass (N, K) one-hot rows or (N,) integer labels")
+        elif t.ndim in (1, 2):
+            raise DTypeError(f"labels have dtype {t.dtype} and shape {tuple(t.shape)}: (N,) labels must be "
+                             f"integers and (N, K) one-hot labels floats; convert them with "
+                             f"device.asarray(t, 'int64') or device.asarray(t, '{self.dtype}')")
+        else:
+            raise ShapeError(f"labels have shape {tuple(t.shape)}; expected (N,) integer labels or "
+                             f"(N, K) one-hot rows")
         self.scores = self.predict(x, train)
-        return self.loss_layer.forward(self.scores, t) + self.penalty()
+        loss = self.loss_layer.forward(self.scores, t)
+        return loss + self.penalty() if self.weight_decay else loss
 
     def backward(self):
         """Backpropagate from the last :meth:`loss`; returns :attr:`grads`."""

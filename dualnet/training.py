@@ -9,20 +9,31 @@
   :func:`train_steps` runs a fixed number of steps (the book's iteration-based
   experiments).  Both, the bench and the scripts use the two pieces above.
 
-Every epoch draws its shuffle and dropout masks from generators seeded by (seed, epoch),
-so a resumed run sees the same batches as an uninterrupted one.
+Every epoch draws its shuffle from a generator seeded by (seed, epoch), and every step
+re-seeds the dropout masks from (seed, epoch, step), so the position alone (epoch, steps
+done in it) determines what comes next: a run interrupted anywhere and resumed from its
+checkpoint gives the same weights, losses and history as an uninterrupted one.
+
+SIGINT (Ctrl-C) and SIGTERM during :meth:`Trainer.fit` are deferred to the end of the
+current step (or of the checkpoint being written): the trainer then saves
+``interrupted.npz`` with its exact position and raises :class:`Interrupted` (a
+KeyboardInterrupt).  Further signals during that save are ignored, so the file is whole.
 """
 from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import time
 
 from .checkpoint import save_checkpoint
-from .errors import ConfigError, ShapeError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, DataError, DTypeError, ShapeError, TrainingDiverged
+from .io import RunDir, WriteError
 from .models import count_correct
 
-__all__ = ["train_step", "BatchSource", "train_steps", "Trainer", "TrainingDiverged", "epoch_seed"]
+__all__ = ["train_step", "BatchSource", "train_steps", "Trainer", "TrainingDiverged", "epoch_seed",
+           "step_seed", "Interrupted"]
 
 
 def train_step(model, optimizer, x, t):
@@ -46,6 +57,92 @@ def epoch_seed(seed, epoch, stream):
     return (int(seed) * 1_000_003 + int(epoch) * 7919 + stream) % (2 ** 32)
 
 
+def step_seed(seed, epoch, step):
+    """The seed of the dropout masks of step ``step`` (0-based, within the epoch) of ``epoch``."""
+    return (epoch_seed(seed, epoch, 1) * 1_000_033 + int(step) * 104_729) % (2 ** 32)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training was stopped by a signal (SIGINT or SIGTERM) after its position was saved.
+
+    ``signum`` is the signal; ``checkpoint`` the file saved (None without a run directory);
+    ``exit_code`` is 128 + signum (130 for SIGINT, 143 for SIGTERM), as a shell reports it.
+    """
+
+    def __init__(self, signum, checkpoint=None, position=None):
+        self.signum = int(signum)
+        self.checkpoint, self.position = checkpoint, position
+        super().__init__(self.signal_name)
+
+    @property
+    def signal_name(self):
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+    @property
+    def exit_code(self):
+        return 128 + self.signum
+
+
+class _DeferSignals:
+    """Within the block, SIGINT and SIGTERM only note themselves (``signum``: the first one);
+    the trainer looks at the note where stopping loses nothing.  Only in the main thread, and
+    a signal the process ignores stays ignored."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def _note(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                old = signal.getsignal(s)
+                if old is signal.SIG_IGN:
+                    continue
+                signal.signal(s, self._note)
+                self._old[s] = old
+        return self
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old if old is not None else signal.SIG_DFL)
+        self._old = {}
+
+
+def _check_labels(t, num_classes, what):
+    """Host labels: integers (N,) in [0, num_classes), or one-hot (N, K) floats."""
+    kind = getattr(t.dtype, "kind", None)
+    if kind is None:  # not a host array: checked by the model's loss instead
+        return
+    if t.ndim == 1:
+        if kind not in "iu":
+            raise DTypeError(f"{what} labels have dtype {t.dtype} but 1-D labels must be integer class "
+                             f"indices; convert them with t.astype('int64') or pass one-hot (N, K) rows")
+        if t.shape[0] and num_classes is not None:
+            lo, hi = int(t.min()), int(t.max())
+            if lo < 0 or hi >= num_classes:
+                bad = lo if lo < 0 else hi
+                raise DataError(f"{what} labels hold {bad}, outside the model's classes 0..{num_classes - 1}; "
+                                f"fix the labels or build the model with num_classes > {hi}")
+    elif t.ndim == 2:
+        if kind != "f":
+            raise DTypeError(f"{what} labels of shape {tuple(t.shape)} are one-hot rows and must be "
+                             f"floats, got {t.dtype}; pass (N,) integer labels or t.astype('float32')")
+        if num_classes is not None and t.shape[1] != num_classes:
+            raise ShapeError(f"{what} one-hot labels have {t.shape[1]} columns but the model has "
+                             f"{num_classes} classes; labels shape {tuple(t.shape)}")
+    else:
+        raise ShapeError(f"{what} labels have shape {tuple(t.shape)}; expected (N,) integers or (N, K) one-hot")
+
+
 class BatchSource:
     """Shuffled mini-batches of ``(x, t)`` (host arrays) on ``device``.
 
@@ -58,14 +155,22 @@ class BatchSource:
     on_device : bool, optional
         Keep the whole set on the device; by default when it takes less than half of the
         device's free memory.
+    num_classes : int, optional
+        When given, the labels are checked once, here on the host, to lie in
+        ``0..num_classes-1`` (a label out of range would silently add nothing to the loss;
+        checking it per step on the device would cost a host sync per step).
+    what : str
+        The split's name in error messages.
     """
 
-    def __init__(self, x, t, device, dtype, batch_size, on_device=None):
+    def __init__(self, x, t, device, dtype, batch_size, on_device=None, num_classes=None,
+                 what="training set"):
         if x.shape[0] != t.shape[0]:
             raise ShapeError(f"x has {x.shape[0]} samples but t has {t.shape[0]}")
         if x.shape[0] == 0:
-            raise ShapeError("the training set is empty: x has shape "
+            raise ShapeError(f"the {what} is empty: x has shape "
                              f"{tuple(x.shape)}; pass at least one sample")
+        _check_labels(t, num_classes, what)
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}",
@@ -157,11 +262,17 @@ class Trainer:
     schedule : callable epoch -> lr, optional
         Learning rate per 0-based epoch (:class:`dualnet.optimizers.LRSchedule`).
     out_dir : str, optional
-        Where ``checkpoint.npz`` is written atomically after every epoch.
+        Where ``checkpoint.npz`` is written atomically after every epoch.  :meth:`fit` holds
+        the folder (:class:`dualnet.io.RunDir`: checked writable, locked against a second run).
     log_every : int
         Steps between host syncs (progress-bar updates and the NaN check).
     eval_train_samples : int
         Train accuracy per epoch is measured in eval mode on this many training samples.
+
+    A checkpoint's ``meta`` records the position: ``epoch`` (epochs completed), ``epoch_step``
+    (steps done in the next one), ``step`` (steps in all), the history, every step's loss, and
+    for a position inside an epoch the running-accuracy counts so far (``partial``).
+    :meth:`restore` continues from exactly there.
     """
 
     def __init__(self, model, optimizer, data, epochs=1, batch_size=100, schedule=None, out_dir=None,
@@ -178,11 +289,18 @@ class Trainer:
                         "epoch_time_s": [], "images_per_s": []}
         self.iter_loss = []
         self.start_epoch = 0
+        self.start_step = 0          # steps already done in epoch ``start_epoch``
+        self._partial = (0, 0, 0.0)  # (correct, seen, seconds) of those steps
         self.step = 0
+        self.interrupted_checkpoint = None
+        self._signals = _DeferSignals()
         self.device = model.device
-        self.train = BatchSource(data.x_train, data.t_train, self.device, model.dtype, batch_size)
+        classes = model.output_shape[-1] if getattr(model, "output_shape", None) else None
+        self.train = BatchSource(data.x_train, data.t_train, self.device, model.dtype, batch_size,
+                                 num_classes=classes, what="training set")
         self.test = BatchSource(data.x_test, data.t_test, self.device, model.dtype, self.eval_batch,
-                                on_device=self.train.on_device)
+                                on_device=self.train.on_device, num_classes=classes, what="test set")
+        self._dropout = any(hasattr(layer, "set_seed") for layer in getattr(model, "layers", ()))
         if not self.train.on_device:
             self.log(f"the dataset does not fit on {self.device.spec}: moving it batch by batch")
 
@@ -202,69 +320,118 @@ class Trainer:
         return correct / src.num_samples
 
     # -- resume ------------------------------------------------------------------------
-    def restore(self, meta):
-        """Continue from checkpoint metadata written by this trainer."""
-        self.start_epoch = int(meta.get("epoch", 0))
-        self.step = int(meta.get("step", 0))
+    def restore(self, meta, path="checkpoint"):
+        """Continue from checkpoint metadata written by this trainer: at the same step of the
+        same epoch, with the same history, losses and running-accuracy counts."""
+        def bad(why):
+            return CheckpointError(f"{path}: {why}; it cannot be resumed by this run "
+                                   f"(resume from the run's checkpoint.npz instead)")
+        epoch, k = int(meta.get("epoch", 0)), int(meta.get("epoch_step", 0))
+        step = int(meta.get("step", 0))
+        if not 0 <= k < self.train.steps_per_epoch:
+            raise bad(f"its position (step {k} of epoch {epoch + 1}) is outside an epoch of "
+                      f"{self.train.steps_per_epoch} steps")
+        iter_loss = list(meta.get("iter_loss", []))
+        if len(iter_loss) != step:
+            raise bad(f"it records {len(iter_loss)} losses for {step} steps")
+        self.start_epoch, self.start_step, self.step = epoch, k, step
         self.history = meta.get("history", self.history)
-        self.iter_loss = list(meta.get("iter_loss", []))
+        self.iter_loss = iter_loss
+        p = meta.get("partial") or {}
+        self._partial = (int(p.get("correct", 0)), int(p.get("seen", 0)), float(p.get("elapsed_s", 0.0)))
 
     def _save(self, epoch, name="checkpoint.npz", extra=None):
         if not self.out_dir:
             return None
         path = os.path.join(self.out_dir, name)
-        meta = {"epoch": epoch, "step": self.step, "history": self.history, "iter_loss": self.iter_loss,
-                "config": self.config, **(extra or {})}
-        save_checkpoint(path, self.model, self.opt, meta)
+        meta = {"epoch": epoch, "epoch_step": 0, "step": self.step, "history": self.history,
+                "iter_loss": self.iter_loss, "config": self.config, **(extra or {})}
+        try:
+            save_checkpoint(path, self.model, self.opt, meta)
+        except WriteError as e:
+            last = os.path.join(self.out_dir, "checkpoint.npz")
+            kept = (f"; the last good checkpoint {last} is intact" if os.path.exists(last)
+                    else "; no checkpoint was written yet")
+            raise WriteError(f"{e}{kept} (out_dir={self.out_dir!r})", param="out_dir",
+                             errno_=e.errno_) from None
         return path
+
+    def _interrupt(self, epoch, k, partial=None):
+        """Save the position (``k`` steps done in ``epoch``) to interrupted.npz and stop."""
+        extra = {"epoch_step": k, "signal": Interrupted(self._signals.signum).signal_name}
+        if partial is not None:
+            correct, seen, elapsed = partial
+            extra["partial"] = {"correct": correct, "seen": seen, "elapsed_s": elapsed}
+        path = self._save(epoch, "interrupted.npz", extra)
+        self.interrupted_checkpoint = path
+        raise Interrupted(self._signals.signum, path, {"epoch": epoch, "epoch_step": k, "step": self.step})
 
     # -- the loop --------------------------------------------------------------------
     def fit(self):
-        """Train from ``start_epoch`` to ``epochs``; returns the history dict.
+        """Train from the restored position (``start_epoch``, ``start_step``) to ``epochs``;
+        returns the history dict.
 
         Raises
         ------
         TrainingDiverged
             On a NaN/inf loss; the last epoch's checkpoint is left untouched.
-        KeyboardInterrupt
-            After saving ``interrupted.npz`` beside the checkpoint.
+        Interrupted
+            (a KeyboardInterrupt) on SIGINT or SIGTERM, after the current step (or checkpoint
+            write) has finished and ``interrupted.npz`` holds the exact position.
+        dualnet.io.WriteError
+            When a checkpoint cannot be written; the last good one is kept.
         """
-        epoch = self.start_epoch
+        run_dir = RunDir(self.out_dir) if self.out_dir else None
         try:
-            with self.device.bind():
+            if run_dir is not None:
+                run_dir.acquire()
+            with self._signals, self.device.bind():
                 for epoch in range(self.start_epoch, self.epochs):
-                    self._epoch(epoch)
+                    self._epoch(epoch, self.start_step if epoch == self.start_epoch else 0)
                     self._save(epoch + 1)
-        except KeyboardInterrupt:
-            path = self._save(epoch, "interrupted.npz", {"interrupted_in_epoch": epoch + 1})
-            self.interrupted_checkpoint = path
-            raise
+                    self.start_epoch, self.start_step, self._partial = epoch + 1, 0, (0, 0, 0.0)
+                    if self.out_dir:  # the epoch's checkpoint supersedes an interrupted position
+                        stale = os.path.join(self.out_dir, "interrupted.npz")
+                        if os.path.exists(stale):
+                            try:
+                                os.unlink(stale)
+                            except OSError:
+                                pass
+                    if self._signals.signum is not None:
+                        self._interrupt(epoch + 1, 0)
+        finally:
+            if run_dir is not None:
+                run_dir.release()
+            self._signals.signum = None
         return self.history
 
-    def _epoch(self, epoch):
+    def _epoch(self, epoch, start=0):
         m, opt, dev, src = self.model, self.opt, self.device, self.train
         xp = dev.xp
         if self.schedule is not None:
             opt.lr = self.schedule(epoch)
         N, steps = src.num_samples, src.steps_per_epoch
-        m.set_seed(epoch_seed(self.seed, epoch, 1))
+        sig = self._signals
 
         bar = None
         if self.progress:
             from tqdm import tqdm
-            bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step", leave=False,
-                       dynamic_ncols=True)
+            bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
+                       leave=False, dynamic_ncols=True)
         pending, correct, seen = [], None, 0
-        seen_total, correct_total = 0, 0
+        correct_total, seen_total, elapsed0 = self._partial if start else (0, 0, 0.0)
         dev.synchronize()
         t0 = time.perf_counter()
-        for i, (xb, tb) in enumerate(src.epoch(epoch_seed(self.seed, epoch, 0))):
+        for i, (xb, tb) in enumerate(src.epoch(epoch_seed(self.seed, epoch, 0), start=start), start=start):
+            if self._dropout:
+                m.set_seed(step_seed(self.seed, epoch, i))
             loss, c = train_step(m, opt, xb, tb)
             self.step += 1
             pending.append(loss)
             correct = c if correct is None else correct + c
             seen += xb.shape[0]
-            if len(pending) == self.log_every or i == steps - 1:
+            stop = sig.signum is not None and i < steps - 1
+            if len(pending) == self.log_every or i == steps - 1 or stop:
                 # The one host sync of the interval: the losses and the correct count in one array.
                 vals = dev.to_numpy(xp.concat([xp.stack(pending),
                                                xp.reshape(xp.astype(correct, pending[0].dtype), (1,))]))
@@ -283,10 +450,15 @@ class Trainer:
                 if bar:
                     el = time.perf_counter() - t0
                     bar.set_postfix(loss=f"{vals[-1]:.4f}", acc=f"{correct_total / seen_total:.3f}",
-                                    img_s=f"{seen_total / el:.0f}")
+                                    img_s=f"{(seen_total - (self._partial[1] if start else 0)) / max(el, 1e-9):.0f}")
                     bar.update(i + 1 - bar.n)
+            if stop:
+                if bar:
+                    bar.close()
+                self._interrupt(epoch, i + 1, (correct_total, seen_total,
+                                               elapsed0 + time.perf_counter() - t0))
         dev.synchronize()
-        elapsed = time.perf_counter() - t0
+        elapsed = elapsed0 + time.perf_counter() - t0
         if bar:
             bar.close()
         xe, te = src.head(min(self.eval_train_samples, N))
@@ -299,7 +471,7 @@ class Trainer:
         h["running_acc"].append(correct_total / max(1, seen_total))
         h["lr"].append(opt.lr)
         h["epoch_time_s"].append(elapsed)
-        h["images_per_s"].append(N / elapsed)
+        h["images_per_s"].append(N / max(elapsed, 1e-9))
         self.log(f"epoch {epoch + 1}/{self.epochs}: loss {self.iter_loss[-1]:.4f}  "
                  f"train acc {train_acc:.4f}  test acc {test_acc:.4f}  "
-                 f"({elapsed:.1f} s, {N / elapsed:,.0f} images/s, lr {opt.lr:.3g})")
+                 f"({elapsed:.1f} s, {N / max(elapsed, 1e-9):,.0f} images/s, lr {opt.lr:.3g})")

@@ -84,6 +84,7 @@ def test_checksum_mismatch_in_cache(home):
 
 
 def test_offline_error_lists_every_path(tmp_path, home):
+    (tmp_path / "mine").mkdir()  # a data_dir without any of the files: the lookup goes on
     with pytest.raises(D.DataError) as e:
         D.load_dataset("mnist", data_dir=str(tmp_path / "mine"))
     msg = str(e.value)
