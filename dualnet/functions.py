@@ -650,3 +650,39 @@ def avg_pool2d_backward(dout, x_shape, PH, PW, stride, pad=0):
             sl = _window_index(i, j, OH, OW, stride)
             dxpad[sl] += g
     return dxpad[:, :, pad:pad + H, pad:pad + W] if pad else dxpad
+
+
+# --------------------------------------------------------------------------- augmentation
+def shift_flip(x, dy, dx, flip, pad):
+    """Shift each image by (dy, dx) pixels (zeros come in) and mirror it left-right where ``flip``.
+
+    The book's chapter-8 augmentation, for a whole batch in one gather: every output pixel's
+    source index in the zero-padded batch is computed, then taken at once (a few small
+    index operations and one ``take``, the same on every backend, instead of a loop over images).
+
+    Parameters
+    ----------
+    x : array, shape (N, C, H, W)
+    dy, dx : integer arrays, shape (N,), values in [-pad, pad]
+        Output pixel (i, j) of image n is input pixel (i - dy[n], j - dx[n]) (after the flip).
+    flip : bool array, shape (N,)
+    pad : int
+
+    Returns
+    -------
+    out : array, shape (N, C, H, W)
+    """
+    xp = namespace(x)
+    N, C, H, W = x.shape
+    Hp, Wp = H + 2 * pad, W + 2 * pad
+    dev = array_device(x)
+    flat = xp.reshape(pad2d(x, pad), (-1,))
+    i = xp.reshape(xp.arange(H, device=dev), (1, 1, H, 1))
+    j = xp.reshape(xp.arange(W, device=dev), (1, 1, 1, W))
+    n = xp.reshape(xp.arange(N, device=dev), (N, 1, 1, 1))
+    c = xp.reshape(xp.arange(C, device=dev), (1, C, 1, 1))
+    rows = i + pad - xp.reshape(dy, (N, 1, 1, 1))
+    src = j - xp.reshape(dx, (N, 1, 1, 1))                      # column in the (flipped) image
+    cols = xp.where(xp.reshape(flip, (N, 1, 1, 1)), (W - 1) - src, src) + pad
+    idx = ((n * C + c) * Hp + rows) * Wp + cols
+    return xp.reshape(xp.take(flat, xp.reshape(idx, (-1,))), (N, C, H, W))

@@ -270,3 +270,27 @@ def test_max_pool_backward_first_tie_on_quantized_inputs(device, rng, H, PH, PW,
     dx = F.max_pool2d_backward(device.asarray(dout, "float64"), ctx)
     np.testing.assert_allclose(device.to_numpy(dx), max_pool_backward_reference(x, dout, PH, PW, stride, pad),
                                atol=1e-12)
+
+
+def test_shift_flip_matches_a_per_image_loop(device, rng):
+    """Random shifts with zero fill and left-right flips, checked image by image with NumPy."""
+    N, C, H, W, pad = 5, 2, 6, 7, 2
+    x = rng.standard_normal((N, C, H, W))
+    dy = rng.integers(-pad, pad + 1, N)
+    dx = rng.integers(-pad, pad + 1, N)
+    flip = rng.random(N) < 0.5
+    out = device.to_numpy(F.shift_flip(device.asarray(x, "float64"), device.asarray(dy), device.asarray(dx),
+                                       device.asarray(flip), pad))
+    for k in range(N):
+        img = x[k, :, :, ::-1] if flip[k] else x[k]
+        want = np.zeros_like(img)
+        for i in range(H):
+            for j in range(W):
+                si, sj = i - dy[k], j - dx[k]
+                if 0 <= si < H and 0 <= sj < W:
+                    want[:, i, j] = img[:, si, sj]
+        np.testing.assert_array_equal(out[k], want)
+    zero = np.zeros(N, dtype=np.int64)
+    same = F.shift_flip(device.asarray(x, "float64"), device.asarray(zero), device.asarray(zero),
+                        device.asarray(np.zeros(N, bool)), pad)
+    np.testing.assert_array_equal(device.to_numpy(same), x)

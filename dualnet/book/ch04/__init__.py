@@ -1,0 +1,1 @@
+"""Chapter 4's versions where they differ from the later chapters' (its sigmoid ``TwoLayerNet``)."""

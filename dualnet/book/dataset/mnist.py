@@ -1,0 +1,32 @@
+"""The book's ``dataset/mnist.py``: ``load_mnist`` over :func:`dualnet.data.load_dataset`."""
+from __future__ import annotations
+
+from ...data import load_dataset
+from .._env import data_dir, dataset_name
+
+__all__ = ["load_mnist"]
+
+
+def load_mnist(normalize=True, flatten=True, one_hot_label=False):
+    """MNIST as host NumPy arrays: ``(x_train, t_train), (x_test, t_test)``.
+
+    Parameters
+    ----------
+    normalize : bool
+        Pixels as float32 in [0, 1]; else the raw uint8 values 0..255.
+    flatten : bool
+        Images as (N, 784) rows; else (N, 1, 28, 28).
+    one_hot_label : bool
+        Labels as (N, 10) one-hot float32 rows; else int64 class indices (N,).
+
+    The IDX files are looked up in ``DUALNET_DATA_DIR`` (and its ``mnist`` subfolder) first, then
+    in dualnet's usual places (``~/.cache/dualnet/mnist``, ``/usr/share/datasets/mnist``), and
+    downloaded when missing.  ``DUALNET_DATASET=fashion-mnist`` loads Fashion-MNIST instead (same
+    shapes and classes count; Debian ships it: ``apt-get install dataset-fashion-mnist``).
+    """
+    ds = load_dataset(dataset_name(), data_dir=data_dir(), normalize=bool(normalize),
+                      flatten=bool(flatten), one_hot=bool(one_hot_label))
+    x_train, x_test = ds.x_train, ds.x_test
+    if not normalize:   # the book keeps the file's bytes
+        x_train, x_test = x_train.astype("uint8"), x_test.astype("uint8")
+    return (x_train, ds.t_train), (x_test, ds.t_test)

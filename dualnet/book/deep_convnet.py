@@ -1,0 +1,53 @@
+"""The book's ``deep_convnet.py`` (chapter 8)."""
+from __future__ import annotations
+
+import math
+
+from .. import models as M
+from ..layers import Affine, Convolution, Dropout, MaxPooling, ReLU
+from ._env import model_kwargs
+from ._net import BookNetwork
+from .simple_convnet import conv_settings
+
+__all__ = ["DeepConvNet"]
+
+
+class DeepConvNet(BookNetwork):
+    """conv - ReLU - conv - ReLU - pool - conv - ReLU - conv - ReLU - pool - conv - ReLU - conv -
+    ReLU - pool - Affine - ReLU - Dropout - Affine - Dropout - SoftmaxWithLoss, He initialization.
+
+    Pools are 2x2 with stride 2.  Parameters ``W1``..``W6`` (the convolutions), ``W7`` (the
+    hidden Affine), ``W8`` and their biases.  As in the book, ``loss(x, t)`` runs in training
+    mode (dropout on); ``accuracy(x, t, batch_size=100)`` in inference mode.
+    """
+
+    _eval_batch = 100
+    _loss_train = True
+    _numgrad_train = True
+
+    def __init__(self, input_dim=(1, 28, 28),
+                 conv_param_1={'filter_num': 16, 'filter_size': 3, 'pad': 1, 'stride': 1},
+                 conv_param_2={'filter_num': 16, 'filter_size': 3, 'pad': 1, 'stride': 1},
+                 conv_param_3={'filter_num': 32, 'filter_size': 3, 'pad': 1, 'stride': 1},
+                 conv_param_4={'filter_num': 32, 'filter_size': 3, 'pad': 2, 'stride': 1},
+                 conv_param_5={'filter_num': 64, 'filter_size': 3, 'pad': 1, 'stride': 1},
+                 conv_param_6={'filter_num': 64, 'filter_size': 3, 'pad': 1, 'stride': 1},
+                 hidden_size=50, output_size=10):
+        shape = tuple(int(s) for s in input_dim)
+        layers, c = [], shape[0]
+        convs = (conv_param_1, conv_param_2, conv_param_3, conv_param_4, conv_param_5, conv_param_6)
+        for k, cp in enumerate(convs, 1):
+            fn, fs, pad, stride = conv_settings(cp, f"conv_param_{k}")
+            layers += [Convolution(c, fn, fs, stride, pad), ReLU()]
+            if k % 2 == 0:
+                layers.append(MaxPooling(2, 2, 2))
+            c = fn
+        for layer in layers:  # the flattened size the hidden Affine takes
+            shape = layer.output_shape(shape)
+        layers += [Affine(math.prod(shape), hidden_size), ReLU(), Dropout(0.5),
+                   Affine(hidden_size, output_size), Dropout(0.5)]
+        super().__init__(M.Sequential(layers, tuple(input_dim), weight_init="he", **model_kwargs()))
+
+    def loss(self, x, t, train_flg=True):
+        """Mean loss of the batch in training mode (dropout on), as a Python float."""
+        return super().loss(x, t, train_flg)
