@@ -34,7 +34,7 @@ import array_api_compat
 from .errors import DeviceError
 
 __all__ = ["Device", "CPUDevice", "CUDADevice", "SimDevice", "CountingDevice", "DeviceError", "HostRNG",
-           "get_device", "namespace", "array_device", "on_device_of", "cuda_status", "versions", "cpu_name"]
+           "get_device", "rank_device", "namespace", "array_device", "on_device_of", "cuda_status", "versions", "cpu_name"]
 
 
 def namespace(*arrays):
@@ -198,6 +198,19 @@ class Device:
         """A JSON-ready description of the device and its libraries."""
         return {"spec": self.spec, "kind": self.kind, "name": self.name, "numpy": np.__version__}
 
+    # -- collectives (data-parallel training, :mod:`dualnet.distributed`) -----------------
+    def collectives(self, rank, size, bcast_bytes):
+        """Collectives among ``size`` processes that run on the device itself, or None.
+
+        ``bcast_bytes(data)`` sends rank 0's ``bytes`` to every rank (others pass None) and
+        returns them: the out-of-band channel (MPI) that hands over what the device library
+        needs to connect.  The result has ``allreduce_sum_(a)`` and ``bcast_(a, root)``, in place
+        on device arrays of this device, queued on its stream (no host wait), and ``close()``.
+        None (every host device, and the simulated one) means: reduce from host memory
+        through MPI.  CUDA answers with NCCL.
+        """
+        return None
+
 
 class CPUDevice(Device):
     """NumPy on the host's cores."""
@@ -314,6 +327,24 @@ class CUDADevice(Device):
         st = cuda_status()
         return {**super().info(), "cupy": st["cupy_version"], "driver": st["driver"],
                 "cuda_runtime": st["cuda_runtime"]}
+
+    def collectives(self, rank, size, bcast_bytes):
+        """NCCL among ``size`` processes, one GPU each: rank 0 draws NCCL's unique id,
+        ``bcast_bytes`` (MPI) hands it to the others, and each rank joins on this GPU."""
+        try:
+            from cupy.cuda import nccl
+            ok, why = nccl.available, "CuPy found no NCCL library"
+        except Exception as e:  # ImportError, or a broken NCCL
+            ok, why = False, f"{type(e).__name__}: {e}"
+        if not ok:
+            raise DeviceError(f"multi-GPU training on {self.spec} needs NCCL, which is not usable ({why}); "
+                              f"pip install nvidia-nccl-cu12 (or -cu13, matching CuPy's CUDA), or train "
+                              f"with --device cpu", param="device")
+        uid = _nccl_id_to_bytes(nccl.get_unique_id()) if rank == 0 else None
+        uid = _nccl_id_from_bytes(bcast_bytes(uid))
+        with self._dev:
+            comm = nccl.NcclCommunicator(int(size), uid, int(rank))
+        return _NcclCollectives(self, nccl, comm)
 
 
 class SimDevice(Device):
@@ -544,6 +575,56 @@ def _host_memory(which):
         return 8 << 30
 
 
+# --------------------------------------------------------------------------- NCCL
+def _nccl_id_to_bytes(uid):
+    """NCCL's unique id as 129 bytes: a type tag (CuPy >= 14 gives bytes, older a tuple of
+    signed chars) and the 128 bytes."""
+    if isinstance(uid, (bytes, bytearray)):
+        return b"\x01" + bytes(uid)
+    return b"\x00" + bytes(int(c) & 0xFF for c in uid)
+
+
+def _nccl_id_from_bytes(raw):
+    raw = bytes(raw)
+    if raw[:1] == b"\x01":
+        return raw[1:]
+    return tuple(c - 256 if c > 127 else c for c in raw[1:])
+
+
+class _NcclCollectives:
+    """In-place NCCL collectives on one GPU, queued on its current stream."""
+
+    def __init__(self, device, nccl, comm):
+        self._device, self._nccl, self._comm = device, nccl, comm
+        self._types = {"float32": nccl.NCCL_FLOAT32, "float64": nccl.NCCL_FLOAT64,
+                       "int64": nccl.NCCL_INT64, "int32": nccl.NCCL_INT32}
+        self.name = "NCCL"
+
+    def _args(self, a):
+        return a.data.ptr, int(a.size), self._types[_dtype_name(a.dtype)]
+
+    def allreduce_sum_(self, a):
+        ptr, n, t = self._args(a)
+        with self._device.bind():
+            self._comm.allReduce(ptr, ptr, n, t, self._nccl.NCCL_SUM,
+                                 self._device._cupy.cuda.get_current_stream().ptr)
+        return a
+
+    def bcast_(self, a, root=0):
+        ptr, n, t = self._args(a)
+        with self._device.bind():
+            self._comm.bcast(ptr, n, t, int(root), self._device._cupy.cuda.get_current_stream().ptr)
+        return a
+
+    def close(self):
+        comm, self._comm = self._comm, None
+        if comm is not None:
+            try:
+                comm.destroy()
+            except Exception:  # already torn down with the process's CUDA context
+                pass
+
+
 # --------------------------------------------------------------------------- timers
 class _HostTimer:
     def start(self):
@@ -588,12 +669,18 @@ class _NumPyRNG:
 
 
 class _CuPyRNG:
-    """CuPy's RandomState (its Generator has no permutation), drawing on the device's GPU."""
+    """CuPy's RandomState (its Generator has no permutation), drawing on the device's GPU.
+
+    Philox, a counter-based generator: seeding it sets a key and launches nothing, where the
+    default XORWOW initialises a state per thread with a kernel.  Training re-seeds the dropout
+    generators every step (so a resumed run draws the same masks), so seeding must be cheap.
+    """
 
     def __init__(self, device, seed):
         self._dev = device.bind()
+        cp = device._cupy
         with self._dev:
-            self._g = device._cupy.random.RandomState(seed)
+            self._g = cp.random.RandomState(seed, method=cp.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10)
 
     def uniform(self, shape, dtype):
         with self._dev:
@@ -879,3 +966,45 @@ def get_device(spec="auto"):
         return CUDADevice(idx)
     raise DeviceError(f"unknown device {spec!r}: choose cpu, cuda, cuda:N, auto or sim",
                       param="device")
+
+
+def rank_device(spec, local_rank, local_size):
+    """The device of one process of a data-parallel job: ``local_rank`` of the ``local_size``
+    processes on this host.
+
+    ``"cuda"`` gives each process its own GPU, ``cuda:<local_rank>`` (a DeviceError when the
+    host has fewer GPUs than processes); ``"auto"`` does the same when CUDA is usable and
+    there are enough GPUs, else the CPU (``reason`` says why); ``"cuda:N"`` is refused when
+    several processes share the host (they would share GPU N, which NCCL forbids); the CPU
+    and the simulated devices are the same for every process.
+    """
+    if isinstance(spec, Device):
+        return spec
+    s = str(spec).strip().lower()
+    kind, _, num = s.partition(":")
+    local_rank, local_size = int(local_rank), int(local_size)
+    if kind not in ("cuda", "auto") or local_size < 1:
+        return get_device(spec)
+    st = cuda_status()
+    n = len(st["devices"]) if st["available"] else 0
+    if kind == "auto":
+        if not st["available"]:
+            return CPUDevice(reason=f"auto: using the CPU because {st['reason']}")
+        if local_size > n:
+            return CPUDevice(reason=f"auto: using the CPU because {local_size} processes run on this host "
+                                    f"but it has {n} GPU(s); launch at most {n} per host to use them")
+        return CUDADevice(local_rank, reason=f"auto: GPU {local_rank} of this host for local rank {local_rank}")
+    if num:
+        if local_size > 1:
+            raise DeviceError(f"device {spec!r} would put all {local_size} processes of this host on one GPU; "
+                              f"pass --device cuda to give each process its own (cuda:<local rank>)",
+                              param="device")
+        return get_device(spec)
+    if not st["available"]:
+        raise DeviceError(f"device {spec!r} is not usable: {st['reason']}. Use device='cpu' or 'auto'.",
+                          param="device")
+    if local_size > n:
+        raise DeviceError(f"{local_size} processes run on this host but it has {n} GPU(s) "
+                          f"(cuda:0..cuda:{n - 1}); launch at most {n} per host (mpiexec -ppn {n}) or "
+                          f"use --device cpu", param="device")
+    return CUDADevice(local_rank)

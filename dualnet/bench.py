@@ -404,6 +404,7 @@ def plot(result, path):
     """Training images/s per batch size for each (implementation, device, model), with the
     spread of the step time (its inter-quartile range) as error bars; bars when the run has a
     single batch size."""
+    from matplotlib import ticker
     from .plots import _fig, save_fig
     rows = [r for r in result["records"] if r["phase"] == "train"]
     keys = sorted({(r["impl"], r["device"], r["model"]) for r in rows})
@@ -432,9 +433,14 @@ def plot(result, path):
                         yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=3,
                         fmt="o-" if key[0] == "dualnet" else "s--", label=" ".join(key))
         ax.set_xscale("log")
+        ax.set_xticks(batches, [str(b) for b in batches])  # the batch sizes run, not powers of ten
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
         ax.set_xlabel("batch size")
         ax.legend(fontsize=7)
     ax.set_yscale("log")
+    plain = ticker.FuncFormatter(lambda v, _: f"{v:,.0f}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_ylabel("training images/s (error bars: step-time IQR)")
     ax.set_title("training throughput, median of synchronized steps")
     return save_fig(fig, path)
@@ -444,3 +450,145 @@ def write_result(result, out_dir):
     jpath = write_json(os.path.join(out_dir, "bench.json"), result)
     ppath = plot(result, os.path.join(out_dir, "bench.png"))
     return jpath, ppath
+
+
+# --------------------------------------------------------------------------- data-parallel
+def run_distributed_bench(comm, models, batch_sizes, dtype="float32", steps=20, warmup=3, log=print):
+    """Data-parallel training throughput under ``mpiexec -n K dualnet bench --distributed``.
+
+    For each model and global batch size B, every rank trains on its slice of B (one
+    all-reduce of the flat gradients per step, :mod:`dualnet.distributed`); then rank 0 trains
+    alone at batch B, with every core of the host when the device is the host (the other
+    ranks sleep), as the one-process baseline.  Step counts are fixed (every rank must join
+    every all-reduce); times are medians of synchronized steps.
+
+    Returns (on every rank) ``{"environment", "distributed", "records"}``; each record has the
+    per-rank images/s and step times, ``images_per_s`` of the whole job (B / the slowest
+    rank's step), ``baseline_images_per_s`` (one process: on the host the faster of all
+    cores for BLAS and of the one share each rank has), ``scaling_efficiency``
+    (job / (K * baseline)) and ``allreduce_ms_median`` (the all-reduce alone: device
+    synchronized and ranks met at a barrier before it, so waiting for a slower rank is not in it).
+    """
+    from .optimizers import Adam
+    from .training import train_step
+    dev, K = comm.device, comm.size
+    env = environment()
+    records = []
+    for m in models:
+        for B in batch_sizes:
+            lo, hi = comm.shard(B)
+            n = hi - lo
+            if n == 0:
+                if comm.is_root:
+                    log(f"  skipped {m} b={B}: fewer samples than the {K} ranks")
+                continue
+            model, shape = make_model(m, dev, dtype)
+            opt = Adam(1e-3)
+            comm.sync_state(model, opt)
+            rng = np.random.default_rng(0)
+            xh, th = rng.random((B,) + shape), rng.integers(0, 10, B)
+            x, t = dev.asarray(xh[lo:hi], dtype), dev.asarray(th[lo:hi])
+            ar_ms = []
+
+            def reduce(flat, w=n / B):
+                dev.synchronize()
+                comm.barrier("waiting for the other ranks' gradients")  # time the transfer, not the skew
+                t0 = time.perf_counter()
+                out = comm.allreduce_mean(flat, w)
+                dev.synchronize()
+                ar_ms.append((time.perf_counter() - t0) * 1e3)
+                return out
+
+            comm.barrier("starting the bench")
+            times = []
+            with dev.bind():
+                for i in range(warmup + steps):
+                    tm = dev.timer()
+                    tm.start()
+                    train_step(model, opt, x, t, reduce=reduce)
+                    ms = tm.stop()
+                    if i >= warmup:
+                        times.append(ms)
+            step_med = float(np.median(times))
+            ar_med = float(np.median(ar_ms[warmup:]))
+            per_rank = comm.allgather_host([n, step_med, ar_med])
+            # the baseline: rank 0 alone at the global batch, the others asleep; on the host with
+            # every core for BLAS and with one thread (what each rank has), the faster counts
+            base = [0.0, 0.0]
+            if comm.is_root:
+                base_model, _ = make_model(m, dev, dtype)
+                base_opt = Adam(1e-3)
+                xb, tb = dev.asarray(xh, dtype), dev.asarray(th)
+                with dev.bind():
+                    with _all_host_threads(dev):
+                        bt = time_steps(dev.timer, lambda: train_step(base_model, base_opt, xb, tb), steps, warmup)
+                    base[0] = float(np.median(bt))
+                    if dev.is_host and (getattr(comm, "threads", None) or 0) < (os.cpu_count() or 1):
+                        bt = time_steps(dev.timer, lambda: train_step(base_model, base_opt, xb, tb), steps, warmup)
+                        base[1] = float(np.median(bt))
+            comm.idle_barrier("waiting for rank 0's one-process baseline")
+            base_all, base_one = comm.allreduce_host(base, "max")
+            base_ms = min(v for v in (base_all, base_one) if v > 0)
+            slowest = max(r[1] for r in per_rank)
+            job_ips = B / slowest * 1e3
+            base_ips = B / base_ms * 1e3
+            rec = {"impl": "dualnet", "device": dev.spec, "device_name": dev.name, "model": m, "batch_size": B,
+                   "dtype": dtype, "phase": "train", "ranks": K, "reduce": comm.reduce_backend,
+                   "per_rank": [{"rank": r, "samples": int(v[0]), "step_ms_median": v[1],
+                                 "images_per_s": v[0] / v[1] * 1e3, "allreduce_ms_median": v[2]}
+                                for r, v in enumerate(per_rank)],
+                   "step_ms_median": slowest, "images_per_s": job_ips, "baseline_step_ms_median": base_ms,
+                   "baseline_step_ms_all_threads": base_all, "baseline_step_ms_rank_threads": base_one or None,
+                   "threads_per_rank": getattr(comm, "threads", None),
+                   "baseline_images_per_s": base_ips, "speedup": job_ips / base_ips,
+                   "scaling_efficiency": job_ips / (K * base_ips),
+                   "allreduce_ms_median": max(r[2] for r in per_rank),
+                   "allreduce_bytes": sum(int(p.size) for p in model.params.values()) *
+                   (8 if dtype == "float64" else 4), "steps": steps}
+            records.append(rec)
+            if comm.is_root:
+                log(_distributed_line(rec))
+    return {"environment": env, "distributed": {"ranks": K, "reduce": comm.reduce_backend,
+                                                "hosts": comm.describe()}, "records": records}
+
+
+class _all_host_threads:
+    """Within the block, BLAS may use every core (the one-process baseline on the host)."""
+
+    def __init__(self, device):
+        self._ctx = None
+        if device.is_host:
+            try:
+                from threadpoolctl import threadpool_limits
+                self._ctx = threadpool_limits(limits=os.cpu_count() or 1, user_api="blas")
+            except Exception:  # threadpoolctl cannot see this BLAS
+                self._ctx = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            self._ctx.restore_original_limits()
+
+
+def _distributed_line(r):
+    ranks = ", ".join(f"rank {p['rank']}: {p['images_per_s']:,.0f}/s ({p['samples']} img, "
+                      f"{p['step_ms_median']:.1f} ms, all-reduce {p['allreduce_ms_median']:.2f} ms)"
+                      for p in r["per_rank"])
+    return (f"  {r['model']:>15} b={r['batch_size']:>5} on {r['ranks']} x {r['device']}: "
+            f"{r['images_per_s']:,.0f} images/s in all vs {r['baseline_images_per_s']:,.0f} for one process "
+            f"(speedup {r['speedup']:.2f}, scaling efficiency {r['scaling_efficiency']:.0%}); "
+            f"all-reduce {r['allreduce_ms_median']:.2f} ms of a {r['step_ms_median']:.1f} ms step "
+            f"({r['allreduce_bytes'] / 1e6:.2f} MB, {r['reduce']})\n      {ranks}")
+
+
+def distributed_table(result):
+    lines = [f"{'model':>15} {'batch':>5} {'ranks':>5} {'images/s':>10} {'1 process':>10} {'speedup':>7} "
+             f"{'efficiency':>10} {'step ms':>8} {'all-reduce ms':>13}"]
+    lines.append("-" * len(lines[0]))
+    for r in result["records"]:
+        lines.append(f"{r['model']:>15} {r['batch_size']:>5} {r['ranks']:>5} {r['images_per_s']:>10,.0f} "
+                     f"{r['baseline_images_per_s']:>10,.0f} {r['speedup']:>7.2f} {r['scaling_efficiency']:>10.0%} "
+                     f"{r['step_ms_median']:>8.2f} {r['allreduce_ms_median']:>13.3f}")
+    return "\n".join(lines)

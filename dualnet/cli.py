@@ -18,6 +18,49 @@ from .errors import DualnetError
 
 EXIT_INTERRUPTED = 130  # what a shell reports for a process ended by Ctrl-C
 
+_COMM = None  # under mpiexec: this rank's dualnet.distributed communicator (train, bench --distributed)
+
+
+def _launch_comm(spec):
+    """The data-parallel communicator when mpiexec started this process among 2 or more, else
+    None.  Rank 0 alone prints: the others' stdout goes nowhere (their errors still reach stderr)."""
+    from .distributed import init, launch_info
+    info = launch_info()
+    if info is None or info[1] == 1:
+        return None
+    comm = init(spec or "auto")
+    if not comm.distributed:
+        return None
+    if not comm.is_root:
+        sys.stdout = open(os.devnull, "w")
+    return comm
+
+
+def _rank_prefix():
+    return f"rank {_COMM.rank} of {_COMM.size}: " if _COMM is not None else ""
+
+
+def _end_ranks(code, agreed=False):
+    """Under mpiexec, an error that this rank alone met ends every rank (the others would wait for
+    it in their next all-reduce); one that all ranks met together (a NaN loss) just returns."""
+    if _COMM is not None and not agreed:
+        _COMM.abort(code)
+    return code
+
+
+class _OtherRanksRunDir:
+    """Ranks other than 0 neither create, lock nor check the run directory: rank 0 writes there."""
+
+    def acquire(self):
+        return self
+
+    def release(self):
+        pass
+
+    def entries(self):
+        return []
+
+
 class UserError(DualnetError):
     """A mistake on the command line that only the command line can make."""
 
@@ -123,6 +166,9 @@ def build_parser():
                    help="count array operations per step (kernel launches on a GPU); works on any device")
     b.add_argument("--conv-batch", type=_positive_int, default=256, help="batch of the 64->64 conv layer benchmark")
     b.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
+    b.add_argument("--distributed", action="store_true",
+                   help="under mpiexec -n K: data-parallel training images/s per rank, the scaling efficiency "
+                        "against one process, and the time of the all-reduce (writes bench-distributed.json)")
 
     from .studies import STUDIES
     s = sub.add_parser("study", help="the book's experiments, as plots and JSON")
@@ -223,8 +269,11 @@ def _raise_interrupted(signum, frame):
 
 
 def cmd_train(args):
+    global _COMM
     from .checkpoint import read_checkpoint
     from .io import RunDir
+
+    comm = _COMM = _launch_comm(args.device)  # None unless mpiexec started several processes
 
     resume_doc, cfg = None, {}
     if args.resume:
@@ -245,7 +294,7 @@ def cmd_train(args):
     out = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume else
                        os.path.join("runs", f"{args.dataset}-{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"))
     # The run directory is checked (created, probed, locked) before anything is loaded or trained.
-    run_dir = RunDir(out, param="out_dir")
+    run_dir = RunDir(out, param="out_dir") if comm is None or comm.is_root else _OtherRanksRunDir()
     run_dir.acquire()
     old_term = None
     try:
@@ -260,8 +309,15 @@ def cmd_train(args):
             old_term = signal.signal(signal.SIGTERM, _raise_interrupted)
         except ValueError:  # not the main thread
             old_term = None
-        return _train(args, out, run_dir, resume_doc, cfg, epochs)
+        return _train(args, out, run_dir, resume_doc, cfg, epochs, comm)
     except KeyboardInterrupt as e:
+        if comm is not None and getattr(e, "position", None) is None:
+            # stopped outside the trainer, where the ranks do not agree on a step: end them all
+            print(f"\ndualnet: {comm.describe()} stopped by a signal outside training; ending every rank",
+                  file=sys.stderr)
+            _end_ranks(getattr(e, "exit_code", EXIT_INTERRUPTED))
+        if comm is not None and not comm.is_root:  # every rank stopped after the same step
+            return e.exit_code
         what = "terminated" if getattr(e, "signum", signal.SIGINT) == signal.SIGTERM else "interrupted"
         path = getattr(e, "checkpoint", None)
         if path:
@@ -283,7 +339,7 @@ def cmd_train(args):
         run_dir.release()
 
 
-def _train(args, out, run_dir, resume_doc, cfg, epochs):
+def _train(args, out, run_dir, resume_doc, cfg, epochs, comm=None):
     from .backend import get_device
     from .checkpoint import load_checkpoint
     from .data import load_dataset
@@ -294,7 +350,9 @@ def _train(args, out, run_dir, resume_doc, cfg, epochs):
     from .training import Trainer, TrainingDiverged
 
     note = None
-    if args.device is None and resume_doc is not None and cfg.get("device"):
+    if comm is not None:
+        dev = comm.device  # picked per rank (cuda:<local rank>, or the CPU)
+    elif args.device is None and resume_doc is not None and cfg.get("device"):
         try:
             dev = get_device(cfg["device"])
         except DeviceError as e:
@@ -304,6 +362,10 @@ def _train(args, out, run_dir, resume_doc, cfg, epochs):
     else:
         dev = get_device(args.device or "auto")
     print(f"device: {dev.describe()}", flush=True)
+    if comm is not None:
+        print(f"data-parallel: {comm.size} processes ({'one host' if comm.local_size == comm.size else 'several hosts'}), "
+              f"gradients all-reduced by {comm.reduce_backend}; each trains on its 1/{comm.size} of every "
+              f"batch of {args.batch_size}", flush=True)
     if note:
         print(note, flush=True)
     data = load_dataset(args.dataset, data_dir=args.data_dir, flatten=False,
@@ -334,12 +396,13 @@ def _train(args, out, run_dir, resume_doc, cfg, epochs):
               "data_fingerprint": fingerprint, "device": dev.spec, "device_name": dev.name,
               "epochs": epochs, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": lr,
               "lr_decay": args.lr_decay, "weight_decay": model.weight_decay, "seed": args.seed,
-              "dtype": model.dtype, "val_fraction": args.val_fraction, "num_params": model.num_params()}
+              "dtype": model.dtype, "val_fraction": args.val_fraction, "num_params": model.num_params(),
+              "processes": comm.size if comm is not None else 1}
     print(f"model: {args.model} ({model.num_params():,} parameters), {args.optimizer} lr {lr:g}, "
           f"{epochs} epochs, batch {args.batch_size}, {model.dtype}; run directory {out}", flush=True)
     tr = Trainer(model, opt, data, epochs=epochs, batch_size=args.batch_size,
                  schedule=LRSchedule(lr, args.lr_decay), out_dir=out, log_every=args.log_every,
-                 progress=not args.no_progress, seed=args.seed, config=config)
+                 progress=not args.no_progress, seed=args.seed, config=config, comm=comm)
     if meta is not None:
         tr.restore(meta, args.resume)
         print(f"resuming after epoch {tr.start_epoch}" +
@@ -348,7 +411,7 @@ def _train(args, out, run_dir, resume_doc, cfg, epochs):
         if tr.start_epoch >= epochs:
             print(f"the checkpoint has trained all {epochs} epochs: nothing left to train (pass --epochs "
                   f"{epochs + 1} or more to train further); writing the metrics and plots", flush=True)
-    if args.overwrite:  # everything checked: only now are the earlier run's files replaced
+    if args.overwrite and (comm is None or comm.is_root):  # everything checked: only now are the earlier run's files replaced
         for name in RUN_FILES:
             p = os.path.join(out, name)
             if os.path.exists(p):
@@ -366,6 +429,8 @@ def _train(args, out, run_dir, resume_doc, cfg, epochs):
         e.args = (f"{e}{kept}",)
         raise
     wall = time.perf_counter() - t0
+    if comm is not None and not comm.is_root:  # rank 0 alone writes metrics and plots
+        return 0
     h = tr.history
     val_acc = None
     if data.x_val is not None:
@@ -489,6 +554,8 @@ def cmd_bench(args):
     batches = _csv(args.batch_sizes, int, "--batch-sizes")
     if not batches or min(batches) < 1:
         raise UserError(f"--batch-sizes must be positive integers, got {args.batch_sizes!r}")
+    if args.distributed:
+        return _bench_distributed(args, models, batches)
     result = run_bench(_csv(args.devices), models, batches, args.dtype, args.steps, args.warmup,
                        args.time_budget, args.compare_torch, args.layers, args.conv_batch,
                        count_ops=args.count_ops)
@@ -496,6 +563,26 @@ def cmd_bench(args):
     print(table(result))
     j, p = write_result(result, args.out)
     print(f"\nwrote {j} and {p}")
+    return 0
+
+
+def _bench_distributed(args, models, batches):
+    global _COMM
+    from .bench import distributed_table, run_distributed_bench
+    from .io import write_json
+    devices = _csv(args.devices)
+    comm = _COMM = _launch_comm(devices[0] if len(devices) == 1 else "auto")
+    if comm is None:
+        raise UserError("--distributed measures data-parallel training, so it runs under mpiexec with 2 or more "
+                        "processes, e.g. mpiexec -n 2 dualnet bench --distributed --devices cpu; this process "
+                        "was not started that way")
+    print(f"device: {comm.device.describe()}; {comm.size} processes, all-reduce by {comm.reduce_backend}")
+    result = run_distributed_bench(comm, models, batches, args.dtype, args.steps, args.warmup)
+    if comm.is_root:
+        print()
+        print(distributed_table(result))
+        path = write_json(os.path.join(args.out, "bench-distributed.json"), result)
+        print(f"\nwrote {path}")
     return 0
 
 
@@ -531,6 +618,8 @@ def _with_flag(e, parser, command):
 
 
 def main(argv=None):
+    global _COMM
+    _COMM = None  # set by a command that runs under mpiexec
     ap = build_parser()
     args = ap.parse_args(argv)
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "gradcheck": cmd_gradcheck,
@@ -538,11 +627,20 @@ def main(argv=None):
     try:
         return handlers[args.command](args)
     except DualnetError as e:
-        print(f"dualnet: error: {_with_flag(e, ap, args.command)}", file=sys.stderr)
-        return e.exit_code
+        from .errors import TrainingDiverged
+        agreed = isinstance(e, TrainingDiverged)  # every rank saw the same loss
+        if _COMM is None or _COMM.is_root or not agreed:
+            print(f"dualnet: error: {_rank_prefix()}{_with_flag(e, ap, args.command)}", file=sys.stderr)
+        return _end_ranks(e.exit_code, agreed)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _end_ranks(EXIT_INTERRUPTED)
+    except Exception:
+        if _COMM is not None:  # a bug on one rank: show it, then end the others instead of leaving them waiting
+            import traceback
+            traceback.print_exc()
+            _end_ranks(1)
+        raise
 
 
 if __name__ == "__main__":

@@ -30,14 +30,18 @@ import time
 from .checkpoint import save_checkpoint
 from .errors import CheckpointError, ConfigError, DataError, DTypeError, ShapeError, TrainingDiverged
 from .io import RunDir, WriteError
+from .distributed import SelfComm
 from .models import count_correct
 
 __all__ = ["train_step", "BatchSource", "train_steps", "Trainer", "TrainingDiverged", "epoch_seed",
            "step_seed", "Interrupted"]
 
 
-def train_step(model, optimizer, x, t):
+def train_step(model, optimizer, x, t, reduce=None):
     """One step of mini-batch training on the model's device.
+
+    ``reduce`` goes to :meth:`dualnet.optimizers.Optimizer.update`: data-parallel training
+    (:mod:`dualnet.distributed`) all-reduces the flat gradients there.
 
     Returns
     -------
@@ -48,7 +52,7 @@ def train_step(model, optimizer, x, t):
     """
     loss = model.loss(x, t, train=True)
     model.backward()
-    optimizer.update(model.params, model.grads)
+    optimizer.update(model.params, model.grads, reduce=reduce)
     return loss, count_correct(model.scores, t)
 
 
@@ -210,13 +214,18 @@ class BatchSource:
             return xp.take(self.x, idx, axis=0), xp.take(self.t, idx, axis=0)
         return self.device.asarray(self.x_host[idx], self.dtype), self.device.asarray(self.t_host[idx])
 
-    def epoch(self, seed, start=0):
+    def epoch(self, seed, start=0, shard=None):
         """The batches of one epoch in the order drawn by ``seed``, from batch ``start`` on
-        (the last one may be smaller)."""
+        (the last one may be smaller).  ``shard(n) -> (lo, hi)``: only that part of each batch
+        of n (a data-parallel rank's slice; it may be empty)."""
         perm = self.order(self.device.rng(seed))
         B, N = self.batch_size, self.num_samples
         for i in range(start, self.steps_per_epoch):
-            yield self.batch(perm[i * B:min((i + 1) * B, N)])
+            a, b = i * B, min((i + 1) * B, N)
+            if shard is not None:
+                lo, hi = shard(b - a)
+                a, b = a + lo, a + hi
+            yield self.batch(perm[a:b])
 
     def stream(self, seed, on_epoch=None):
         """Full batches forever: each pass over the data draws a new shuffle from one generator
@@ -268,6 +277,11 @@ class Trainer:
         Steps between host syncs (progress-bar updates and the NaN check).
     eval_train_samples : int
         Train accuracy per epoch is measured in eval mode on this many training samples.
+    comm : dualnet.distributed.Communicator, optional
+        Data-parallel training (``mpiexec -n K``): every rank trains on its slice of each
+        batch (``batch_size`` is the global batch), one all-reduce per step averages the
+        gradients, evaluation is sharded, and rank 0 alone logs and writes the run directory.
+        Default: one process (:class:`dualnet.distributed.SelfComm`).
 
     A checkpoint's ``meta`` records the position: ``epoch`` (epochs completed), ``epoch_step``
     (steps done in the next one), ``step`` (steps in all), the history, every step's loss, and
@@ -277,7 +291,7 @@ class Trainer:
 
     def __init__(self, model, optimizer, data, epochs=1, batch_size=100, schedule=None, out_dir=None,
                  log_every=50, progress=True, seed=0, eval_batch=1000, eval_train_samples=10000,
-                 config=None, log=print):
+                 config=None, log=print, comm=None):
         self.model, self.opt, self.data = model, optimizer, data
         self.epochs = int(epochs)
         self.schedule, self.out_dir = schedule, out_dir
@@ -285,6 +299,11 @@ class Trainer:
         self.eval_batch, self.eval_train_samples = int(eval_batch), int(eval_train_samples)
         self.config = config or {}
         self.log = log
+        self.comm = comm if comm is not None else SelfComm(model.device)
+        if self.comm.device != model.device:
+            self.comm.setup(model.device)
+        if not self.comm.is_root:  # rank 0 alone logs and shows progress
+            self.log, self.progress = (lambda *a, **k: None), False
         self.history = {"epoch": [], "train_acc": [], "test_acc": [], "running_acc": [], "lr": [],
                         "epoch_time_s": [], "images_per_s": []}
         self.iter_loss = []
@@ -311,6 +330,8 @@ class Trainer:
     def evaluate(self, source=None):
         """Accuracy on the test set (or on a :class:`BatchSource`), in batches."""
         src = source or self.test
+        if self.comm.distributed:
+            return self._count(src, src.num_samples) / src.num_samples
         if src.on_device:
             return self.model.accuracy(src.x, src.t, self.eval_batch)
         correct = 0
@@ -318,6 +339,33 @@ class Trainer:
             xb, tb = src.batch(slice(s, min(s + self.eval_batch, src.num_samples)))
             correct += int(self.device.to_numpy(self.model.count_correct(xb, tb, self.eval_batch)))
         return correct / src.num_samples
+
+    def _count(self, src, n):
+        """Correct predictions on the first ``n`` samples of ``src``: each rank counts its shard,
+        the counts are summed over the ranks."""
+        if src.on_device:
+            return self.comm.count(self.model, src.x[:n, ...], src.t[:n, ...], self.eval_batch)
+        lo, hi = self.comm.shard(n)
+        correct = 0
+        with self.comm.guard("counting correct predictions"):
+            for s in range(lo, hi, self.eval_batch):
+                xb, tb = src.batch(slice(s, min(s + self.eval_batch, hi)))
+                correct += int(self.device.to_numpy(self.model.count_correct(xb, tb, self.eval_batch)))
+        return int(round(self.comm.allreduce_host([correct])[0]))
+
+    def _shared_step(self, xb, tb, n):
+        """This rank's part of a data-parallel step: ``xb`` is its slice of a batch of ``n``;
+        its gradients count ``len(xb) / n`` in the all-reduce.  A rank with no samples in this
+        batch still joins the all-reduce, with zero gradients, and applies the same update."""
+        m, opt, dev = self.model, self.opt, self.device
+        k = xb.shape[0]
+        reduce = self.comm.reduce_hook(k, n)
+        if k:
+            return train_step(m, opt, xb, tb, reduce=reduce)
+        xp = dev.xp
+        opt.update(m.params, {key: xp.zeros_like(p) for key, p in m.params.items()}, reduce=reduce)
+        return (xp.zeros((), dtype=dev.dtype(m.dtype), device=dev.array_device),
+                xp.zeros((), dtype=dev.dtype("int64"), device=dev.array_device))
 
     # -- resume ------------------------------------------------------------------------
     def restore(self, meta, path="checkpoint"):
@@ -344,6 +392,8 @@ class Trainer:
         if not self.out_dir:
             return None
         path = os.path.join(self.out_dir, name)
+        if not self.comm.is_root:  # rank 0 alone writes; the others name its file
+            return path
         meta = {"epoch": epoch, "epoch_step": 0, "step": self.step, "history": self.history,
                 "iter_loss": self.iter_loss, "config": self.config, **(extra or {})}
         try:
@@ -381,23 +431,26 @@ class Trainer:
         dualnet.io.WriteError
             When a checkpoint cannot be written; the last good one is kept.
         """
-        run_dir = RunDir(self.out_dir) if self.out_dir else None
+        run_dir = RunDir(self.out_dir) if self.out_dir and self.comm.is_root else None
         try:
             if run_dir is not None:
                 run_dir.acquire()
             with self._signals, self.device.bind():
+                self.comm.sync_state(self.model, self.opt)  # rank 0's weights everywhere (no-op alone)
                 for epoch in range(self.start_epoch, self.epochs):
                     self._epoch(epoch, self.start_step if epoch == self.start_epoch else 0)
                     self._save(epoch + 1)
                     self.start_epoch, self.start_step, self._partial = epoch + 1, 0, (0, 0, 0.0)
-                    if self.out_dir:  # the epoch's checkpoint supersedes an interrupted position
+                    if self.out_dir and self.comm.is_root:  # the epoch's checkpoint supersedes an interrupted position
                         stale = os.path.join(self.out_dir, "interrupted.npz")
                         if os.path.exists(stale):
                             try:
                                 os.unlink(stale)
                             except OSError:
                                 pass
-                    if self._signals.signum is not None:
+                    got = self.comm.agree_signal(self._signals.signum)  # a signal on any rank
+                    if got is not None:
+                        self._signals.signum = got
                         self._interrupt(epoch + 1, 0)
         finally:
             if run_dir is not None:
@@ -422,20 +475,36 @@ class Trainer:
         correct_total, seen_total, elapsed0 = self._partial if start else (0, 0, 0.0)
         dev.synchronize()
         t0 = time.perf_counter()
-        for i, (xb, tb) in enumerate(src.epoch(epoch_seed(self.seed, epoch, 0), start=start), start=start):
+        comm = self.comm
+        shard, weights = (comm.shard if comm.distributed else None), []
+        for i, (xb, tb) in enumerate(src.epoch(epoch_seed(self.seed, epoch, 0), start=start, shard=shard),
+                                     start=start):
             if self._dropout:
-                m.set_seed(step_seed(self.seed, epoch, i))
-            loss, c = train_step(m, opt, xb, tb)
+                m.set_seed(comm.rank_seed(step_seed(self.seed, epoch, i)))  # masks differ per rank
+            if shard is None:
+                loss, c = train_step(m, opt, xb, tb)
+                seen += xb.shape[0]
+            else:
+                n = min((i + 1) * src.batch_size, N) - i * src.batch_size
+                loss, c = self._shared_step(xb, tb, n)
+                weights.append(xb.shape[0] / n)
+                seen += n
             self.step += 1
             pending.append(loss)
             correct = c if correct is None else correct + c
-            seen += xb.shape[0]
-            stop = sig.signum is not None and i < steps - 1
+            got = comm.agree_signal(sig.signum)  # every rank stops after the same step
+            if got is not None:
+                sig.signum = got
+            stop = got is not None and i < steps - 1
             if len(pending) == self.log_every or i == steps - 1 or stop:
                 # The one host sync of the interval: the losses and the correct count in one array.
-                vals = dev.to_numpy(xp.concat([xp.stack(pending),
-                                               xp.reshape(xp.astype(correct, pending[0].dtype), (1,))]))
+                with comm.guard("reading the losses back from the device"):
+                    vals = dev.to_numpy(xp.concat([xp.stack(pending),
+                                                   xp.reshape(xp.astype(correct, pending[0].dtype), (1,))]))
                 vals = vals.tolist()
+                if shard is not None:  # the whole batch's losses and count: weighted sums over the ranks
+                    vals = comm.allreduce_host([v * w for v, w in zip(vals[:-1], weights)] + vals[-1:])
+                    weights = []
                 n_correct = int(round(vals.pop()))
                 first_step = self.step - len(pending) + 1
                 for k, v in enumerate(vals):
@@ -461,8 +530,13 @@ class Trainer:
         elapsed = elapsed0 + time.perf_counter() - t0
         if bar:
             bar.close()
-        xe, te = src.head(min(self.eval_train_samples, N))
-        train_acc = m.accuracy(xe, te, self.eval_batch)
+        comm.average_buffers(m)  # batch-norm running statistics: the mean over the ranks
+        n_eval = min(self.eval_train_samples, N)
+        if comm.distributed:
+            train_acc = self._count(src, n_eval) / n_eval
+        else:
+            xe, te = src.head(n_eval)
+            train_acc = m.accuracy(xe, te, self.eval_batch)
         test_acc = self.evaluate()
         h = self.history
         h["epoch"].append(epoch + 1)
