@@ -89,16 +89,27 @@ def _device_arg(p):
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, auto (default) or sim")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where there is none to show (None, off) or its help
+    already says it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
     from .data import DATASETS
     from .functions import CONV_METHODS
     from .models import MODELS
     from .optimizers import OPTIMIZERS
-    ap = argparse.ArgumentParser(prog="dualnet", description="From-scratch deep learning on NumPy or CuPy.")
+    ap = argparse.ArgumentParser(prog="dualnet", description="From-scratch deep learning on NumPy or CuPy.",
+                                 formatter_class=_Help)
     ap.add_argument("--version", action="version", version=f"dualnet {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model and write metrics, checkpoint and plots")
+    t = sub.add_parser("train", formatter_class=_Help, help="train a model and write metrics, checkpoint and plots")
     # Options left unset (None) take the checkpoint's value with --resume, else TRAIN_DEFAULTS.
     t.add_argument("--model", choices=list(MODELS), help="default: simple_convnet")
     t.add_argument("--dataset", choices=list(DATASETS), help="default: digits (embedded, no download)")
@@ -117,7 +128,11 @@ def build_parser():
     t.add_argument("--conv", choices=CONV_METHODS, default=None,
                    help="convolution algorithm (default: auto; im2col is the book's)")
     t.add_argument("--dtype", choices=["float32", "float64"], help="default: float32")
-    t.add_argument("--data-dir", default=None)
+    t.add_argument("--augment", action="store_true", default=None,
+                   help="shift training images by up to 2 pixels (1 on 8x8) and, for clothes and objects "
+                        "(fashion-mnist, cifar10; not digits), mirror them at random (the book's ch. 8)")
+    t.add_argument("--data-dir", default=None, help="folder with the dataset's files (default: the "
+                   "cache ~/.cache/dualnet/<name>, then /usr/share/datasets/<name>, then a download)")
     t.add_argument("--val-fraction", type=_fraction,
                    help="carve a validation split from the training data (default 0)")
     t.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<model>-<time>); "
@@ -128,35 +143,37 @@ def build_parser():
     t.add_argument("--overwrite", action="store_true",
                    help="start a new run in a non-empty --out, replacing its run files")
     t.add_argument("--log-every", type=_positive_int, default=50, help="steps between host syncs")
-    t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--no-plots", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (none is drawn into "
+                   "redirected output anyway)")
+    t.add_argument("--no-plots", action="store_true", help="write no PNG figures")
 
-    e = sub.add_parser("evaluate", help="test accuracy of a saved model")
-    e.add_argument("--checkpoint", required=True)
+    e = sub.add_parser("evaluate", formatter_class=_Help, help="test accuracy of a saved model")
+    e.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by dualnet train")
     e.add_argument("--dataset", choices=list(DATASETS), default=None,
                    help="default: the dataset the checkpoint was trained on")
-    e.add_argument("--data-dir", default=None)
+    e.add_argument("--data-dir", default=None, help="folder with the dataset's files (default: the "
+                   "checkpoint's, then the usual lookup)")
     _device_arg(e)
 
-    g = sub.add_parser("gradcheck", help="numerical vs backprop gradients, per parameter")
-    g.add_argument("--model", choices=list(MODELS), default="simple_convnet")
-    g.add_argument("--device", default="cpu")
+    g = sub.add_parser("gradcheck", formatter_class=_Help, help="numerical vs backprop gradients, per parameter")
+    g.add_argument("--model", choices=list(MODELS), default="simple_convnet", help="model to check")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, auto or sim")
     g.add_argument("--tol", type=_positive_float, default=1e-6, help="relative error bound (CS231n's rule)")
     g.add_argument("--atol", type=_positive_float, default=1e-8,
                    help="absolute error bound, for gradients that are ~0 (e.g. a bias before batch norm)")
     g.add_argument("--checks", type=_positive_int, default=10, help="elements checked per parameter")
-    g.add_argument("--seed", type=_nonneg_int, default=0)
+    g.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the weights, data and checked elements")
 
-    sub.add_parser("info", help="versions, BLAS, CuPy and GPU status")
+    sub.add_parser("info", formatter_class=_Help, help="versions, BLAS, CuPy and GPU status")
 
-    b = sub.add_parser("bench", help="throughput of dualnet (and PyTorch) on each device")
+    b = sub.add_parser("bench", formatter_class=_Help, help="throughput of dualnet (and PyTorch) on each device")
     b.add_argument("--devices", default="cpu,cuda", help="comma-separated, e.g. cpu,cuda (default)")
     b.add_argument("--models", default="simple_convnet,deep_convnet,mlp", help="comma-separated")
-    b.add_argument("--batch-sizes", default="32,100,256,1024")
-    b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    b.add_argument("--batch-sizes", default="32,100,256,1024", help="comma-separated batch sizes")
+    b.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="dtype of the models")
     b.add_argument("--steps", type=_positive_int, default=20,
                    help="timed steps per measurement at least; more (up to 3x) while the spread is above 10%% of the median")
-    b.add_argument("--warmup", type=_positive_int, default=3)
+    b.add_argument("--warmup", type=_positive_int, default=3, help="untimed calls of each contender first")
     b.add_argument("--time-budget", type=_positive_float, default=10.0,
                    help="seconds of timed steps per measurement; fewer steps (at least 3) when exceeded")
     b.add_argument("--compare-torch", action="store_true", help="also time PyTorch on the same device")
@@ -171,13 +188,13 @@ def build_parser():
                         "against one process, and the time of the all-reduce (writes bench-distributed.json)")
 
     from .studies import STUDIES
-    s = sub.add_parser("study", help="the book's experiments, as plots and JSON")
-    s.add_argument("name", choices=list(STUDIES) + ["all"])
+    s = sub.add_parser("study", formatter_class=_Help, help="the book's experiments, as plots and JSON")
+    s.add_argument("name", choices=list(STUDIES) + ["all"], help="which experiment (all: every one)")
     _device_arg(s)
     s.add_argument("--quick", action="store_true", help="small version: under a minute on 2 CPU cores")
-    s.add_argument("--data-dir", default=None)
-    s.add_argument("--out", default="studies-out")
-    s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.add_argument("--data-dir", default=None, help="folder with MNIST or Fashion-MNIST (or CIFAR-10 for cs231n)")
+    s.add_argument("--out", default="studies-out", help="folder for the PNGs and NAME.json")
+    s.add_argument("--seed", type=_nonneg_int, default=0, help="seed of weights, subsets and shuffles")
     s.add_argument("--workers", type=_positive_int, default=None, help="parallel processes for `search` on CPU")
     return ap
 
@@ -185,7 +202,7 @@ def build_parser():
 # --------------------------------------------------------------------------- train
 TRAIN_DEFAULTS = {"model": "simple_convnet", "dataset": "digits", "epochs": None, "batch_size": 100,
                   "optimizer": "adam", "lr": None, "lr_decay": 1.0, "weight_decay": 0.0, "seed": 0,
-                  "dtype": "float32", "val_fraction": 0.0}
+                  "dtype": "float32", "val_fraction": 0.0, "augment": False}
 
 def _model_kwargs(args, data):
     kw = {}
@@ -211,7 +228,7 @@ RUN_FILES = ("checkpoint.npz", "interrupted.npz", "metrics.json", "loss.png", "a
 # What a resumed run continues: a flag left out takes the checkpoint's value, a contradicting one
 # is refused (--epochs, --device, --conv, --log-every, --out may change).
 RESUME_FIXED = ("model", "dataset", "val_fraction", "batch_size", "optimizer", "lr", "lr_decay",
-                "weight_decay", "seed", "dtype")
+                "weight_decay", "seed", "dtype", "augment")
 
 
 def _flag(key):
@@ -397,12 +414,14 @@ def _train(args, out, run_dir, resume_doc, cfg, epochs, comm=None):
               "epochs": epochs, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": lr,
               "lr_decay": args.lr_decay, "weight_decay": model.weight_decay, "seed": args.seed,
               "dtype": model.dtype, "val_fraction": args.val_fraction, "num_params": model.num_params(),
-              "processes": comm.size if comm is not None else 1}
+              "processes": comm.size if comm is not None else 1, "augment": bool(args.augment)}
     print(f"model: {args.model} ({model.num_params():,} parameters), {args.optimizer} lr {lr:g}, "
           f"{epochs} epochs, batch {args.batch_size}, {model.dtype}; run directory {out}", flush=True)
     tr = Trainer(model, opt, data, epochs=epochs, batch_size=args.batch_size,
                  schedule=LRSchedule(lr, args.lr_decay), out_dir=out, log_every=args.log_every,
-                 progress=not args.no_progress, seed=args.seed, config=config, comm=comm)
+                 progress=not args.no_progress, seed=args.seed, config=config, comm=comm,
+                 augment=(max(1, round(data.sample_shape[-1] / 14)), data.mirror_symmetric)
+                 if args.augment else None)  # shifts of 2 pixels on 28x28 and 32x32, 1 on 8x8
     if meta is not None:
         tr.restore(meta, args.resume)
         print(f"resuming after epoch {tr.start_epoch}" +
@@ -432,9 +451,7 @@ def _train(args, out, run_dir, resume_doc, cfg, epochs, comm=None):
     if comm is not None and not comm.is_root:  # rank 0 alone writes metrics and plots
         return 0
     h = tr.history
-    val_acc = None
-    if data.x_val is not None:
-        val_acc = model.accuracy(dev.asarray(data.x_val, model.dtype), dev.asarray(data.t_val))
+    val_acc = h["val_acc"][-1] if h.get("val_acc") else None
     metrics = {"config": config, "device": dev.info(), "history": h,
                "test_acc": h["test_acc"][-1] if h["test_acc"] else None,
                "val_acc": val_acc, "wall_time_s": wall, "steps": tr.step}

@@ -46,6 +46,12 @@ class Dataset:
     classes: list = field(default_factory=list)
 
     @property
+    def mirror_symmetric(self):
+        """True when a left-right mirror image is still an image of the same class (clothes,
+        objects), so augmentation may flip; not for digits and letters."""
+        return self.name in MIRROR_SYMMETRIC
+
+    @property
     def sample_shape(self):
         return tuple(self.x_train.shape[1:])
 
@@ -98,6 +104,8 @@ MIRRORS = {
               "https://storage.googleapis.com/cvdf-datasets/mnist/"],
     "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
 }
+
+MIRROR_SYMMETRIC = {"fashion-mnist", "cifar10"}
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot"]

@@ -27,6 +27,7 @@ import signal
 import threading
 import time
 
+from . import functions as F
 from .checkpoint import save_checkpoint
 from .errors import CheckpointError, ConfigError, DataError, DTypeError, ShapeError, TrainingDiverged
 from .io import RunDir, WriteError
@@ -168,7 +169,7 @@ class BatchSource:
     """
 
     def __init__(self, x, t, device, dtype, batch_size, on_device=None, num_classes=None,
-                 what="training set"):
+                 what="training set", augment=None):
         if x.shape[0] != t.shape[0]:
             raise ShapeError(f"x has {x.shape[0]} samples but t has {t.shape[0]}")
         if x.shape[0] == 0:
@@ -180,6 +181,13 @@ class BatchSource:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}",
                               param="batch_size")
         self.x_host, self.t_host, self.device, self.dtype = x, t, device, dtype
+        self.augment = None
+        if augment:
+            shift, flip = augment
+            if x.ndim != 4:
+                raise ShapeError(f"augmentation shifts and flips images (N, C, H, W), but the {what} "
+                                 f"has shape {tuple(x.shape)}; load it with flatten=False", param="augment")
+            self.augment = (int(shift), bool(flip))
         itemsize = 8 if dtype == "float64" else 4
         nbytes = x.size * itemsize + t.nbytes
         self.on_device = nbytes < 0.5 * device.free_memory() if on_device is None else bool(on_device)
@@ -222,10 +230,24 @@ class BatchSource:
         B, N = self.batch_size, self.num_samples
         for i in range(start, self.steps_per_epoch):
             a, b = i * B, min((i + 1) * B, N)
-            if shard is not None:
-                lo, hi = shard(b - a)
-                a, b = a + lo, a + hi
-            yield self.batch(perm[a:b])
+            lo, hi = shard(b - a) if shard is not None else (0, b - a)
+            xb, tb = self.batch(perm[a + lo:a + hi])
+            if self.augment is not None:
+                xb = self._augmented(xb, (seed * 1_000_003 + i * 7919 + 17) % (2 ** 32), b - a, lo)
+            yield xb, tb
+
+    def _augmented(self, xb, seed, n, lo):
+        """``xb`` shifted by up to ``shift`` pixels (and mirrored, where allowed), drawn on the device
+        from a generator seeded by (epoch seed, batch): the same images for the same position,
+        whichever rank holds which slice of the batch and whether or not the run was resumed."""
+        shift, flip = self.augment
+        xp = self.device.xp
+        u = self.device.rng(seed).uniform((3, n), xb.dtype)[:, lo:lo + xb.shape[0]]
+        k = 2 * shift + 1
+        dy = xp.astype(xp.floor(u[0, :] * k), xp.int64) - shift
+        dx = xp.astype(xp.floor(u[1, :] * k), xp.int64) - shift
+        mirror = (u[2, :] < 0.5) if flip else (u[2, :] < 0)
+        return F.shift_flip(xb, dy, dx, mirror, shift)
 
     def stream(self, seed, on_epoch=None):
         """Full batches forever: each pass over the data draws a new shuffle from one generator
@@ -282,6 +304,10 @@ class Trainer:
         batch (``batch_size`` is the global batch), one all-reduce per step averages the
         gradients, evaluation is sharded, and rank 0 alone logs and writes the run directory.
         Default: one process (:class:`dualnet.distributed.SelfComm`).
+    augment : (shift, flip), optional
+        Training batches shifted by up to ``shift`` pixels and, when ``flip``, mirrored left-right
+        at random (the book's chapter-8 augmentation), drawn on the device per (seed, epoch,
+        batch), so a resumed run sees the same images; never for evaluation.
 
     A checkpoint's ``meta`` records the position: ``epoch`` (epochs completed), ``epoch_step``
     (steps done in the next one), ``step`` (steps in all), the history, every step's loss, and
@@ -291,7 +317,7 @@ class Trainer:
 
     def __init__(self, model, optimizer, data, epochs=1, batch_size=100, schedule=None, out_dir=None,
                  log_every=50, progress=True, seed=0, eval_batch=1000, eval_train_samples=10000,
-                 config=None, log=print, comm=None):
+                 config=None, log=print, comm=None, augment=None):
         self.model, self.opt, self.data = model, optimizer, data
         self.epochs = int(epochs)
         self.schedule, self.out_dir = schedule, out_dir
@@ -316,9 +342,15 @@ class Trainer:
         self.device = model.device
         classes = model.output_shape[-1] if getattr(model, "output_shape", None) else None
         self.train = BatchSource(data.x_train, data.t_train, self.device, model.dtype, batch_size,
-                                 num_classes=classes, what="training set")
+                                 num_classes=classes, what="training set", augment=augment)
+        self._warm = False
         self.test = BatchSource(data.x_test, data.t_test, self.device, model.dtype, self.eval_batch,
                                 on_device=self.train.on_device, num_classes=classes, what="test set")
+        self.val = None  # a validation split carved from the training data: scored every epoch
+        if getattr(data, "x_val", None) is not None:
+            self.val = BatchSource(data.x_val, data.t_val, self.device, model.dtype, self.eval_batch,
+                                   on_device=self.train.on_device, num_classes=classes,
+                                   what="validation set")
         self._dropout = any(hasattr(layer, "set_seed") for layer in getattr(model, "layers", ()))
         if not self.train.on_device:
             self.log(f"the dataset does not fit on {self.device.spec}: moving it batch by batch")
@@ -458,6 +490,22 @@ class Trainer:
             self._signals.signum = None
         return self.history
 
+    def _warm_up(self):
+        """Once per process, before the first timed epoch: one forward and backward pass on a
+        batch, so the epoch's time leaves out what a GPU does once (compiling kernels, growing
+        the memory pool).  Nothing is updated: the batch-norm running statistics are put back."""
+        if self._warm:
+            return
+        self._warm = True
+        m, src = self.model, self.train
+        xb, tb = src.head(min(src.batch_size, src.num_samples))
+        saved = [(v, self.device.xp.asarray(v, copy=True)) for v in m.buffers.values()]
+        m.loss(xb, tb, train=True)
+        m.backward()
+        for v, old in saved:
+            v[...] = old
+        self.device.synchronize()
+
     def _epoch(self, epoch, start=0):
         m, opt, dev, src = self.model, self.opt, self.device, self.train
         xp = dev.xp
@@ -469,10 +517,13 @@ class Trainer:
         bar = None
         if self.progress:
             from tqdm import tqdm
+            # disable=None: no bar frames in redirected output; the bar moves every step (no sync:
+            # only its numbers wait for the interval's one read) and ends at 100%
             bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
-                       leave=False, dynamic_ncols=True)
+                       leave=False, dynamic_ncols=True, disable=None)
         pending, correct, seen = [], None, 0
         correct_total, seen_total, elapsed0 = self._partial if start else (0, 0, 0.0)
+        self._warm_up()
         dev.synchronize()
         t0 = time.perf_counter()
         comm = self.comm
@@ -496,6 +547,8 @@ class Trainer:
             if got is not None:
                 sig.signum = got
             stop = got is not None and i < steps - 1
+            if bar:
+                bar.update(1)
             if len(pending) == self.log_every or i == steps - 1 or stop:
                 # The one host sync of the interval: the losses and the correct count in one array.
                 with comm.guard("reading the losses back from the device"):
@@ -520,7 +573,6 @@ class Trainer:
                     el = time.perf_counter() - t0
                     bar.set_postfix(loss=f"{vals[-1]:.4f}", acc=f"{correct_total / seen_total:.3f}",
                                     img_s=f"{(seen_total - (self._partial[1] if start else 0)) / max(el, 1e-9):.0f}")
-                    bar.update(i + 1 - bar.n)
             if stop:
                 if bar:
                     bar.close()
@@ -538,14 +590,18 @@ class Trainer:
             xe, te = src.head(n_eval)
             train_acc = m.accuracy(xe, te, self.eval_batch)
         test_acc = self.evaluate()
+        val_acc = self.evaluate(self.val) if self.val is not None else None
         h = self.history
         h["epoch"].append(epoch + 1)
         h["train_acc"].append(train_acc)
         h["test_acc"].append(test_acc)
+        if val_acc is not None:
+            h.setdefault("val_acc", []).append(val_acc)
         h["running_acc"].append(correct_total / max(1, seen_total))
         h["lr"].append(opt.lr)
         h["epoch_time_s"].append(elapsed)
         h["images_per_s"].append(N / max(elapsed, 1e-9))
         self.log(f"epoch {epoch + 1}/{self.epochs}: loss {self.iter_loss[-1]:.4f}  "
-                 f"train acc {train_acc:.4f}  test acc {test_acc:.4f}  "
+                 f"train acc {train_acc:.4f}  " + (f"val acc {val_acc:.4f}  " if val_acc is not None else "") +
+                 f"test acc {test_acc:.4f}  "
                  f"({elapsed:.1f} s, {N / max(elapsed, 1e-9):,.0f} images/s, lr {opt.lr:.3g})")

@@ -178,3 +178,15 @@ def test_fashion_mnist_one_epoch_reaches_085(tmp_path, capsys, device):
     assert code == 0, err
     acc = json.loads((tmp_path / "metrics.json").read_text())["test_acc"]
     assert acc >= 0.85, out
+
+
+def test_every_flag_has_help_and_shows_its_default(capsys):
+    import argparse
+    from dualnet.cli import build_parser
+    ap = build_parser()
+    for name, sp in ap._subparsers._group_actions[0].choices.items():
+        for a in sp._actions:
+            assert a.help or isinstance(a, argparse._HelpAction), (name, a.dest)
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "(default: 20)" in " ".join(capsys.readouterr().out.split())  # the help is wrapped
