@@ -193,6 +193,8 @@ def build_parser():
     _device_arg(s)
     s.add_argument("--quick", action="store_true", help="small version: under a minute on 2 CPU cores")
     s.add_argument("--data-dir", default=None, help="folder with MNIST or Fashion-MNIST (or CIFAR-10 for cs231n)")
+    s.add_argument("--dataset", choices=["auto", "mnist", "fashion-mnist", "digits"], default="auto",
+                   help="auto: MNIST, else Fashion-MNIST, else the bundled digits")
     s.add_argument("--out", default="studies-out", help="folder for the PNGs and NAME.json")
     s.add_argument("--seed", type=_nonneg_int, default=0, help="seed of weights, subsets and shuffles")
     s.add_argument("--workers", type=_positive_int, default=None, help="parallel processes for `search` on CPU")
@@ -613,7 +615,8 @@ def cmd_study(args):
     # --out is created, probed and locked before any study runs (a failed write later is one line too).
     with RunDir(args.out, param="out"):
         for name in (STUDIES if args.name == "all" else (args.name,)):
-            doc = run_study(name, dev, args.quick, args.out, args.data_dir, args.seed, args.workers)
+            doc = run_study(name, dev, args.quick, args.out, args.data_dir, args.seed, args.workers,
+                            dataset=args.dataset)
             print(f"{name}: data {doc.get('data', '-')}, {doc['seconds']:.1f} s -> {args.out}/{name}.json")
     return 0
 

@@ -10,7 +10,7 @@ from ..optimizers import LRSchedule, make_optimizer
 from ..training import train_steps
 from ..data import DataError, load_dataset
 from ..models import TwoLayerNet
-from .common import finite, source
+from .common import finite, progress, source
 
 
 def study_cs231n(dev, out, quick, data_dir, seed, **_):
@@ -31,7 +31,7 @@ def study_cs231n(dev, out, quick, data_dir, seed, **_):
                                                   (5e-4, 0.95, 0.5)]
     trials = []
     best = None
-    for lr, decay, reg in configs:
+    for lr, decay, reg in progress(configs, "trials"):
         # CS231n writes L2 as reg * sum(W**2): lambda = 2 * reg here.
         net = TwoLayerNet(x.shape[1], 50, 10, weight_init=1e-4, weight_decay=2 * reg, device=dev, seed=seed)
         opt = make_optimizer("sgd", lr)
@@ -46,6 +46,7 @@ def study_cs231n(dev, out, quick, data_dir, seed, **_):
     fig, ax = plots._fig(figsize=(6, 4))
     ax.bar(range(len(trials)), [tr["val_acc"] for tr in trials])
     ax.set_xticks(range(len(trials)), [f"lr {tr['lr']:.0e}\nreg {tr['reg']}" for tr in trials], fontsize=7)
+    ax.set_xlabel("trial (learning rate, regularization strength)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"CS231n two-layer net on CIFAR-10 (best test acc {test_acc:.3f})")
     plots.save_fig(fig, os.path.join(out, "cs231n.png"))

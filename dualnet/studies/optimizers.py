@@ -28,26 +28,34 @@ def quadratic_paths(device, steps=30):
     return paths
 
 
-def study_optimizers(dev, out, quick, data_dir, seed, **_):
-    paths = quadratic_paths(dev)
-    fig, axes = plots._fig(2, 3, figsize=(12, 7))
+def plot_quadratic_paths(paths, path):
+    """One panel per optimizer: its path over the contours of f, the minimum marked +."""
+    fig, axes = plots._fig(2, 3, figsize=(12, 7), sharex=True, sharey=True)
     X, Y = np.meshgrid(np.arange(-10, 10, 0.05), np.arange(-5, 5, 0.05))
     for ax, (name, d) in zip(axes.ravel(), paths.items()):
         xy = np.array(d["path"])
         ax.contour(X, Y, X ** 2 / 20 + Y ** 2, levels=15, colors="0.7", linewidths=0.6)
-        ax.plot(xy[:, 0], xy[:, 1], "o-", color="tab:red", ms=3)
-        ax.plot(0, 0, "+k")
-        ax.set_title(f"{name} (lr {d['lr']}): f = {d['final_f']:.2g}")
+        ax.plot(xy[:, 0], xy[:, 1], "o-", color="tab:red", ms=3, lw=1)
+        ax.plot(0, 0, "+k", ms=10)
+        ax.set_title(f"{name} (lr {d['lr']}): final f = {d['final_f']:.2g}")
         ax.set_xlim(-10, 10)
         ax.set_ylim(-5, 5)
-    plots.save_fig(fig, os.path.join(out, "optimizers_quadratic.png"))
+        ax.set_xticks([-10, -5, 0, 5, 10])  # the default 2.5 steps run into the next panel's labels
+    fig.supxlabel("x")
+    fig.supylabel("y")
+    fig.suptitle(f"{len(d['path']) - 1} steps on f(x, y) = x²/20 + y² from (−7, 2); minimum at +")
+    return plots.save_fig(fig, path)
+
+
+def study_optimizers(dev, out, quick, data_dir, seed, dataset="auto", **_):
+    paths = quadratic_paths(dev)
+    plot_quadratic_paths(paths, os.path.join(out, "optimizers_quadratic.png"))
 
     variants = {name: ({}, lambda name=name: make_optimizer(name, 0.01 if name == "sgd" else None))
                 for name in paths}
     data, iters, curves = mlp_loss_curves(dev, data_dir, quick, seed, variants, 200,
-                                          "5-layer ReLU MLP on {data}", os.path.join(out, "optimizers_mlp.png"))
+                                          "Optimizers: 5-layer ReLU MLP on {data}", os.path.join(out, "optimizers_mlp.png"),
+                                          dataset=dataset)
     final = {k: float(np.mean(c[-20:])) for k, c in curves.items()}
     return {"data": data.name, "quadratic": paths, "mlp_final_loss": final, "mlp_iters": iters,
             "mlp_curves": curves}
-
-
