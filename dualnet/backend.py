@@ -396,13 +396,16 @@ class CountingDevice(Device):
     >>> dev = CountingDevice(get_device("cpu")); net = SimpleConvNet(device=dev); ...; dev.ops
     """
 
-    def __init__(self, inner):
+    def __init__(self, inner, extra=None):
         self.inner = get_device(inner)
         super().__init__(self.inner.index, self.inner.reason)
         self.kind, self.is_host, self.name = self.inner.kind, self.inner.is_host, self.inner.name
         self._dev = self.inner.array_device
         self.xp = _CountingNamespace(self.inner.xp, self)
         self.ops = 0
+        # extra(name, inner args) -> kernels a library adds on its own (e.g. CuPy's matmul copying
+        # a non-contiguous operand), counted apart in ``hidden``
+        self.extra, self.hidden = extra, 0
 
     @property
     def spec(self):
@@ -477,7 +480,10 @@ class _CountingNamespace:
         def call(*args, **kw):
             if name not in _FREE and not (name == "asarray" and not kw.get("copy")):
                 device.ops += 1
-            return _Counted.wrap(f(*_Counted.unwrap(args), **_Counted.unwrap(kw)), device)
+            args, kw = _Counted.unwrap(args), _Counted.unwrap(kw)
+            if device.extra is not None:
+                device.hidden += device.extra(name, args)
+            return _Counted.wrap(f(*args, **kw), device)
         return call
 
 

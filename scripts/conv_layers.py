@@ -58,7 +58,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402  (after the thread variables)
 
 from dualnet import functions as F  # noqa: E402
-from dualnet.backend import get_device  # noqa: E402
+from dualnet.backend import CountingDevice, get_device  # noqa: E402
 
 
 # --------------------------------------------------------------------------- the layers
@@ -156,121 +156,6 @@ def pool_contenders(xp, shape, torch, dtype, rng):
 
 
 # --------------------------------------------------------------------------- counting
-class _Counter:
-    def __init__(self):
-        self.calls = 0      # array operations dualnet asks for
-        self.hidden = 0     # kernels CuPy's matmul would add on its own
-
-
-_COUNT = _Counter()
-
-
-def _unwrap(a):
-    if isinstance(a, CountingArray):
-        return a.a
-    if isinstance(a, (list, tuple)):
-        return type(a)(_unwrap(v) for v in a)
-    return a
-
-
-def _wrap(a):
-    return CountingArray(a) if isinstance(a, np.ndarray) else a
-
-
-def _contiguity(a):
-    return a.flags.c_contiguous, a.flags.f_contiguous
-
-
-class CountingArray:
-    """A NumPy array that counts every operation that would launch a GPU kernel.
-
-    Views (basic slicing, permute_dims, a reshape that needs no copy, ``empty``) launch
-    nothing and are not counted; every elementwise operator, reduction, copy, fill and
-    ``__setitem__`` is one kernel.
-    """
-    __slots__ = ("a",)
-
-    def __init__(self, a):
-        self.a = a
-
-    def __array_namespace__(self, api_version=None):
-        return COUNTING_XP
-
-    shape = property(lambda self: self.a.shape)
-    ndim = property(lambda self: self.a.ndim)
-    dtype = property(lambda self: self.a.dtype)
-    size = property(lambda self: self.a.size)
-    device = property(lambda self: "cpu")
-    mT = property(lambda self: CountingArray(np.swapaxes(self.a, -1, -2)))
-
-    def __getitem__(self, key):
-        return _wrap(self.a[_unwrap(key)])
-
-    def __setitem__(self, key, value):
-        _COUNT.calls += 1
-        self.a[_unwrap(key)] = _unwrap(value)
-
-    def __float__(self):
-        return float(self.a)
-
-    def __int__(self):
-        return int(self.a)
-
-    def __bool__(self):
-        return bool(self.a)
-
-    def __array__(self, dtype=None, copy=None):
-        return self.a if dtype is None else self.a.astype(dtype)
-
-
-def _binop(name):
-    def op(self, other=None):
-        _COUNT.calls += 1
-        f = getattr(self.a, name)
-        r = f() if other is None else f(_unwrap(other))
-        if name.startswith("__i"):
-            return self
-        return _wrap(r)
-    return op
-
-
-for _n in ("add", "sub", "mul", "truediv", "pow", "and", "or", "eq", "ne", "lt", "le", "gt", "ge",
-           "radd", "rsub", "rmul", "rtruediv", "iadd", "isub", "imul", "itruediv", "matmul"):
-    setattr(CountingArray, f"__{_n}__", _binop(f"__{_n}__"))
-for _n in ("neg", "invert", "abs"):
-    setattr(CountingArray, f"__{_n}__", _binop(f"__{_n}__"))
-
-
-class _CountingNamespace:
-    """array_api_compat.numpy, counting calls that launch kernels (see :class:`CountingArray`)."""
-    _free = {"permute_dims", "matrix_transpose", "empty", "empty_like", "broadcast_to",
-             "expand_dims", "squeeze", "isdtype", "result_type", "finfo", "iinfo"}
-
-    def __init__(self):
-        import array_api_compat.numpy as base
-        self._base = base
-        self.__name__ = "dualnet_counting_numpy"
-
-    def __getattr__(self, name):
-        f = getattr(self._base, name)
-        if not callable(f) or isinstance(f, type) or name in ("float32", "float64", "int8", "int64", "bool"):
-            return f
-
-        def call(*args, **kw):
-            args, kw = _unwrap(args), {k: _unwrap(v) for k, v in kw.items()}
-            r = f(*args, **kw)
-            if name == "reshape":
-                if not np.shares_memory(r, args[0]):
-                    _COUNT.calls += 1
-            elif name == "matmul":
-                _COUNT.calls += 1
-                _COUNT.hidden += _cupy_matmul_extra(args[0], args[1])
-            elif name not in self._free:
-                _COUNT.calls += 1
-            return _wrap(r)
-        return call
-
-
 def _cupy_matmul_extra(a, b):
     """Kernels CuPy's matmul launches besides the GEMM (cupy/_core/_routines_linalg.pyx):
     2-D: a copy of each operand that is neither C- nor F-contiguous; batched: a copy of each
@@ -286,36 +171,50 @@ def _cupy_matmul_extra(a, b):
     return extra
 
 
-COUNTING_XP = _CountingNamespace()
+
+def _cupy_hidden(name, args):
+    """Kernels CuPy launches besides the one asked for: only its matmul adds any."""
+    return _cupy_matmul_extra(args[0], args[1]) if name == "matmul" else 0
+
+
+def _contiguity(a):
+    return a.flags.c_contiguous, a.flags.f_contiguous
 
 
 def count_ops(batch, simple_batches, methods, dtype):
+    """Array operations per layer (kernel launches on a GPU), counted by dualnet's
+    CountingDevice on NumPy, plus the copies CuPy's matmul would add (``*_cupy_extra``)."""
     rng = np.random.default_rng(0)
+    dev = CountingDevice("cpu", extra=_cupy_hidden)
+
+    def arr(shape):
+        return dev.asarray(rng.standard_normal(shape).astype(dtype))
+
+    def counts():
+        return dev.ops, dev.hidden
     res = {}
     for name, shape, wshape, stride, pad, need_dx in conv_layers(batch, simple_batches):
-        x = CountingArray(rng.standard_normal(shape).astype(dtype))
-        W = CountingArray(rng.standard_normal(wshape).astype(dtype))
-        b = CountingArray(rng.standard_normal(wshape[0]).astype(dtype))
+        x, W, b = arr(shape), arr(wshape), arr(wshape[0])
         row = {"auto_gpu": F.choose_conv_method(shape, wshape, stride, pad, host=False)}
         for m in methods:
             if m == "shift" and stride != 1:
                 continue
-            c0 = (_COUNT.calls, _COUNT.hidden)
+            c0 = counts()
             out, ctx = F.conv2d(x, W, b, stride, pad, method=m)
-            c1 = (_COUNT.calls, _COUNT.hidden)
-            dout = CountingArray(np.ones(out.shape, dtype))
+            c1 = counts()
+            dout = dev.asarray(np.ones(out.shape, dtype))
             F.conv2d_backward(dout, ctx, W, need_dx)
-            c2 = (_COUNT.calls, _COUNT.hidden)
+            c2 = counts()
             row[m] = {"forward": c1[0] - c0[0], "forward_cupy_extra": c1[1] - c0[1],
                       "backward": c2[0] - c1[0], "backward_cupy_extra": c2[1] - c1[1]}
         res[name] = row
     for name, shape in pool_layers(batch, simple_batches):
-        x = CountingArray(rng.standard_normal(shape).astype(dtype))
-        c0 = _COUNT.calls
+        x = arr(shape)
+        c0 = dev.ops
         out, ctx = F.max_pool2d(x, 2, 2, 2)
-        c1 = _COUNT.calls
-        F.max_pool2d_backward(CountingArray(np.ones(out.shape, dtype)), ctx)
-        res[name] = {"dualnet": {"forward": c1 - c0, "backward": _COUNT.calls - c1}}
+        c1 = dev.ops
+        F.max_pool2d_backward(dev.asarray(np.ones(out.shape, dtype)), ctx)
+        res[name] = {"dualnet": {"forward": c1 - c0, "backward": dev.ops - c1}}
     return res
 
 
