@@ -575,12 +575,14 @@ def cmd_bench(args):
         raise UserError(f"--batch-sizes must be positive integers, got {args.batch_sizes!r}")
     if args.distributed:
         return _bench_distributed(args, models, batches)
-    result = run_bench(_csv(args.devices), models, batches, args.dtype, args.steps, args.warmup,
-                       args.time_budget, args.compare_torch, args.layers, args.conv_batch,
-                       count_ops=args.count_ops)
-    print()
-    print(table(result))
-    j, p = write_result(result, args.out)
+    from .io import RunDir
+    with RunDir(args.out, param="out"):  # an unusable --out is found before the benchmarks, not after
+        result = run_bench(_csv(args.devices), models, batches, args.dtype, args.steps, args.warmup,
+                           args.time_budget, args.compare_torch, args.layers, args.conv_batch,
+                           count_ops=args.count_ops)
+        print()
+        print(table(result))
+        j, p = write_result(result, args.out)
     print(f"\nwrote {j} and {p}")
     return 0
 

@@ -284,6 +284,9 @@ class Sequential:
         """Number of correct predictions as a 0-d device array (no host sync)."""
         self.device.check(t, "labels")
         correct, N = None, x.shape[0]
+        if t.shape[0] != N:
+            raise ShapeError(f"labels have shape {tuple(t.shape)} but x has {N} samples; pass one label "
+                             f"per sample")
         for s in range(0, N, batch_size):
             e = min(s + batch_size, N)  # the array API leaves out-of-range slice ends unspecified
             c = count_correct(self.predict(x[s:e, ...]), t[s:e, ...])

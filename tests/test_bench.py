@@ -132,3 +132,12 @@ def test_bench_command_writes_json_and_png(tmp_path, capsys, device):
 def test_bad_batch_sizes_are_a_clear_error(capsys):
     assert main(["bench", "--devices", "cpu", "--batch-sizes", "0"]) == 2
     assert "--batch-sizes" in capsys.readouterr().err
+
+
+def test_unusable_out_is_refused_before_benchmarking(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("benchmarked before checking --out"))
+    assert main(["bench", "--devices", "cpu", "--models", "mlp", "--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err

@@ -146,3 +146,9 @@ def test_pooling_before_relu_is_the_same_network(device):
     ga, gb = ours.backward(), book.backward()
     for k in ga:
         np.testing.assert_allclose(device.to_numpy(ga[k]), device.to_numpy(gb[k]), rtol=1e-12, atol=1e-14)
+
+
+def test_accuracy_refuses_labels_of_another_length(device):
+    net = dn.MultiLayerNet(4, [3], 2, device=device)
+    with pytest.raises(dn.ShapeError, match="one label per sample"):
+        net.accuracy(device.asarray(np.zeros((5, 4)), "float32"), device.asarray(np.zeros(4, np.int64)))
