@@ -22,7 +22,8 @@ from .errors import ConfigError, ShapeError
 __all__ = [
     "step", "sigmoid", "relu", "tanh", "identity", "softmax", "log_softmax",
     "mean_squared_error", "cross_entropy_error", "softmax_cross_entropy", "one_hot",
-    "output_size", "pad2d", "im2col", "col2im", "CONV_METHODS", "choose_conv_method",
+    "output_size", "pad2d", "im2col", "col2im", "CONV_METHODS", "STRIDE1_METHODS", "ROWS_CHUNK_BYTES",
+    "choose_conv_method",
     "conv2d", "conv2d_backward",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "dropout",
 ]
@@ -240,7 +241,9 @@ def _check_conv(x, W):
                          f"the filters expect {W.shape[1]} (W shape {tuple(W.shape)})")
 
 
-CONV_METHODS = ("auto", "im2col", "gemm", "shift")
+CONV_METHODS = ("auto", "im2col", "gemm", "rows", "shift")
+STRIDE1_METHODS = ("rows", "shift")
+"""The methods of :data:`CONV_METHODS` that take stride 1 only."""
 """Convolution algorithms :func:`conv2d` accepts.
 
 ``"im2col"``
@@ -251,6 +254,13 @@ CONV_METHODS = ("auto", "im2col", "gemm", "shift")
     im2col with the columns of the whole batch in one (C*FH*FW, N*OH*OW) matrix, so the
     forward and both backward products are single 2-D GEMMs (dW on a transposed view,
     which neither BLAS nor cuBLAS copies).  Any stride.  The path for GPUs.
+``"rows"``
+    im2col for stride 1, built for a CPU's caches: the columns of a few images at a time
+    (about :data:`ROWS_CHUNK_BYTES`), copied as whole rows of the flattened padded input
+    (long contiguous copies instead of OW-long ones), with the bias as one more GEMM row;
+    outputs are computed on rows padded to the input width and cut.  Backward rebuilds the
+    columns instead of keeping them.  The CPU's choice for 3x3 layers with 8 or more input
+    channels (see :func:`choose_conv_method`).
 ``"shift"``
     Shift-and-GEMM (kn2row): no column matrix; every filter tap is one GEMM on a shifted
     slice of the padded input, accumulated on the padded output grid.  Stride 1 only.
@@ -272,29 +282,29 @@ def choose_conv_method(x_shape, W_shape, stride=1, pad=0, host=True):
 
     Returns
     -------
-    str : ``"im2col"`` or ``"gemm"`` (``"shift"`` only when asked for by name)
+    str : ``"im2col"``, ``"gemm"`` or ``"rows"`` (``"shift"`` only when asked for by name)
     """
     if not host:
         # GPU (and the simulated device that stands in for one): launches are what cost, and
         # "gemm" is the fewest, largest kernels: one copy per tap and one cuBLAS GEMM per product.
         # "shift" takes FH*FW GEMMs plus as many adds, and its column slices are strided, which
-        # CuPy copies before every GEMM; "im2col"'s batched dW product copies the columns too.
+        # CuPy copies before every GEMM; "im2col"'s batched dW product copies the columns too;
+        # "rows" cuts the batch into cache-sized blocks, each with its own copies and GEMMs.
         return "gemm"
     C = x_shape[1]
-    # CPU rules, from scripts/conv_layers.py --threads 1 on a 2-core EPYC, batch 100, forward +
-    # backward medians in ms (im2col / gemm / shift / PyTorch):
-    #   1->16 at 28x28 (no dx)   2.4 /  3.3 / 19.7 / 2.1    SimpleConvNet 1->30 5x5: 4.8 / 6.6 / 88 / 4.2
-    #   16->16 at 28x28         45.4 / 38.1 / 36.7 / 13.3   32->32 14x14 pad 2:  47.1 / 39.7 / 34.0 / 14.0
-    #   16->32 at 14x14         16.3 / 13.4 / 18.7 / 6.5    32->64 at 8x8:       16.6 / 13.6 / 16.8 / 7.5
-    #   64->64 at 8x8           35.9 / 27.6 / 31.1 / 13.5
-    # At the default 2 threads (shared machine, very noisy) gemm beat shift on both 28x28 and
-    # 14x14 pad 2 (fwd+bwd 99 against 144 ms and 33 against 45): shift's thin GEMMs and per-tap
-    # adds scale worse, so its 1-thread edge (4% and 17%) does not make it the default; pick it
-    # with method="shift".  With few input channels the book's per-sample GEMMs stay in cache
-    # and its dW needs no transposed copy of dout.
+    # CPU rules, from scripts/conv_layers.py --threads 1 on a 2-core EPYC (Zen 4, OpenBLAS
+    # SkylakeX kernels), batch 100, forward + backward medians in ms (im2col / gemm / rows / torch):
+    #   1->16 at 28x28 (no dx)   1.7 /  2.8 /  3.0 / 1.8    SimpleConvNet 1->30 5x5: 4.4 / 5.8 / - / 4.1
+    #   16->16 at 28x28         44.0 / 37.3 / 25.5 / 13.3   32->32 14x14 pad 2:  48.3 / 39.1 / 25.2 / 13.8
+    #   16->32 at 14x14         17.2 / 13.7 / 12.3 / 6.5    32->64 at 8x8:       17.9 / 13.8 / 13.7 / 7.2
+    #   64->64 at 8x8           38.7 / 26.9 / 24.2 / 13.2
+    # "rows" wins where the maps are wide (its copies are long and its column blocks stay in
+    # cache); on 8x8 maps its extra arithmetic (Wp/OW = 1.25) eats the gain.  "shift" (kn2row)
+    # was 35.4 and 35.4 ms on the two big layers: its K=C GEMMs are thin.  With few input
+    # channels the book's per-sample GEMMs stay in cache and its dW needs no transposed copy.
     if C < 8:
         return "im2col"
-    return "gemm"
+    return "rows" if stride == 1 else "gemm"
 
 
 def _resolve_method(method, x, W, stride, pad):
@@ -302,8 +312,8 @@ def _resolve_method(method, x, W, stride, pad):
         raise ConfigError(f"unknown convolution method {method!r}; choose one of {', '.join(CONV_METHODS)}")
     if method == "auto":
         return choose_conv_method(tuple(x.shape), tuple(W.shape), stride, pad)
-    if method == "shift" and stride != 1:
-        raise ConfigError(f"convolution method 'shift' needs stride 1 (got stride {stride}); "
+    if method in STRIDE1_METHODS and stride != 1:
+        raise ConfigError(f"convolution method {method!r} needs stride 1 (got stride {stride}); "
                          f"use 'gemm' or 'auto'")
     return method
 
@@ -342,6 +352,8 @@ def conv2d(x, W, b, stride=1, pad=0, method="auto"):
         return _conv_gemm(x, W, b, stride, pad)
     if method == "shift":
         return _conv_shift(x, W, b, pad)
+    if method == "rows":
+        return _conv_rows(x, W, b, pad)
     xp = namespace(x)
     FN, C, FH, FW = W.shape
     N, _, H, Wd = x.shape
@@ -373,6 +385,8 @@ def conv2d_backward(dout, ctx, W, need_dx=True):
         return _conv_gemm_backward(dout, ctx, W, need_dx)
     if method == "shift":
         return _conv_shift_backward(dout, ctx, W, need_dx)
+    if method == "rows":
+        return _conv_rows_backward(dout, ctx, W, need_dx)
     xp = namespace(dout)
     _, col, x_shape, stride, pad = ctx
     FN, C, FH, FW = W.shape
@@ -458,6 +472,137 @@ def _conv_gemm_backward(dout, ctx, W, need_dx):
     if need_dx:
         dcol = xp.matmul(xp.matrix_transpose(xp.reshape(W, (FN, C * FH * FW))), d)
         dx = _fold_batch_columns(dcol, x_shape, FH, FW, stride, pad, OH, OW)
+    return dx, dW, db
+
+
+# ---- "rows": im2col a few images at a time, from whole rows of the flattened padded input
+ROWS_CHUNK_BYTES = 2 << 20
+"""Size of the column block :func:`conv2d` builds at a time with ``method="rows"``: small enough
+to stay in a CPU's last-level cache between the copies that build it and the GEMM that reads it
+(scripts/conv_layers.py, 1 thread, batch 100: 1-4 MiB within 5% of each other; the full-batch
+columns, 45 MB for 16->16 at 28x28, run the GEMM at half the speed)."""
+
+
+def _rows_geometry(x_shape, W_shape, pad):
+    N, C, H, Wd = x_shape
+    FN, _, FH, FW = W_shape
+    Hp, Wp = H + 2 * pad, Wd + 2 * pad
+    OH, OW = output_size(H, FH, 1, pad), output_size(Wd, FW, 1, pad)
+    return N, C, H, Wd, FN, FH, FW, Hp, Wp, OH, OW
+
+
+def _rows_chunk(K, R, itemsize, N):
+    """Images per column block: (K+1) rows of R outputs per image, about ROWS_CHUNK_BYTES."""
+    return max(1, min(N, ROWS_CHUNK_BYTES // ((K + 1) * R * itemsize)))
+
+
+def _rows_columns(buf, Xf, T, C, n0, m, S, R, taps):
+    """Fill ``buf`` (K+1, nc, R) with the columns of images n0..n0+m: row ``c*T + t`` (channel c,
+    tap t, as in W.reshape(FN, K)), image k, position r = oh*Wp + w holds flat padded pixel (n0+k)*S + r + s_t.
+    Each (tap, image) is one contiguous run of R = OH*Wp pixels per channel."""
+    xp = namespace(Xf)
+    for t, s in enumerate(taps):
+        a = n0 * S + s
+        buf[t:T * C:T, :m, :] = xp.reshape(Xf[:, a:a + m * S], (C, m, S))[:, :, :R]
+
+
+def _conv_rows(x, W, b, pad):
+    """Stride-1 convolution by column blocks of a few images (see ``"rows"`` in :data:`CONV_METHODS`).
+
+    On the padded input flattened per channel, Xf (C, (N+1)*Hp*Wp), output (n, oh, w) of tap
+    (i, j) reads Xf[:, n*Hp*Wp + oh*Wp + w + i*Wp + j]: for one image and tap the OH output rows,
+    taken at the full padded width Wp, are one contiguous run.  The GEMM so also computes the
+    Wp - OW columns that wrap past a row's end (1.07x the arithmetic at 28x28, 1.25x at 8x8),
+    which are cut from the result; the spare zero image keeps the last runs in bounds.
+    """
+    xp = namespace(x)
+    N, C, H, Wd, FN, FH, FW, Hp, Wp, OH, OW = _rows_geometry(tuple(x.shape), tuple(W.shape), pad)
+    S, R, T = Hp * Wp, OH * Wp, FH * FW
+    K = C * T
+    dev = array_device(x)
+    grid = xp.zeros((C, N + 1, Hp, Wp), dtype=x.dtype, device=dev)
+    grid[:, :N, pad:pad + H, pad:pad + Wd] = xp.permute_dims(x, (1, 0, 2, 3))
+    Xf = xp.reshape(grid, (C, (N + 1) * S))
+    # Filters as (FN, K+1), the bias last: the ones row of the columns adds it inside the GEMM,
+    # with no pass over the output.
+    Wb = xp.concat([xp.reshape(W, (FN, K)), xp.reshape(b, (FN, 1))], axis=1)
+    nc = _rows_chunk(K, R, xp.finfo(x.dtype).bits // 8, N)
+    buf = xp.empty((K + 1, nc, R), dtype=x.dtype, device=dev)
+    buf[K, :, :] = 1
+    taps = [i * Wp + j for i in range(FH) for j in range(FW)]
+    y = xp.empty((FN, N, OH, Wp), dtype=x.dtype, device=dev)
+    for n0 in range(0, N, nc):
+        m = min(nc, N - n0)
+        _rows_columns(buf, Xf, T, C, n0, m, S, R, taps)
+        col = xp.reshape(buf[:, :m, :], (K + 1, m * R))
+        y[:, n0:n0 + m, :, :] = xp.reshape(xp.matmul(Wb, col), (FN, m, OH, Wp))
+    # (N, FN, OH, OW) as a view of the (FN, N, ...) result: the next layers read it in place
+    # and the next convolution's padding copy reads it channel by channel, as it needs.
+    out = xp.permute_dims(y[:, :, :, :OW], (1, 0, 2, 3))
+    return out, ("rows", Xf, tuple(x.shape), 1, pad)
+
+
+def _conv_rows_backward(dout, ctx, W, need_dx):
+    """Backward of :func:`_conv_rows`, block by block with the columns rebuilt (a cached copy
+    is cheaper than reading a stored full-batch column matrix back from memory).
+
+    dW and db: dout goes into G (FN, N, OH, Wp) with zeros in the wrapped columns, so they add
+    nothing; per block, [dW | db] = cols @ G_blk.T (the ones row gives db).
+
+    dx: the full correlation of dout with the flipped filters, computed like the forward (a
+    gather, not a scatter-add of W.T @ G into shifted windows: half the memory passes).  dout
+    sits in a zero grid Gz (FN, N+2, H+FH-1, Wp) whose rows are placed so that dx row hh of
+    image n reads Gz rows hh..hh+FH-1 of image n+1; tap (i, j) is then again a contiguous run
+    per image, at shift (FH-1-i)*Wp - j, and dx_blk (C, m*H*Wp) = W' (C, FN*FH*FW) @ cols_G.
+    """
+    xp = namespace(dout)
+    _, Xf, x_shape, _, pad = ctx
+    N, C, H, Wd, FN, FH, FW, Hp, Wp, OH, OW = _rows_geometry(x_shape, tuple(W.shape), pad)
+    S, R, T = Hp * Wp, OH * Wp, FH * FW
+    K = C * T
+    dev = array_device(dout)
+    size = xp.finfo(dout.dtype).bits // 8
+    G = xp.zeros((FN, N, OH, Wp), dtype=dout.dtype, device=dev)
+    G[:, :, :, :OW] = xp.permute_dims(dout, (1, 0, 2, 3))
+    G3 = xp.reshape(G, (FN, N, R))
+    nc = _rows_chunk(K, R, size, N)
+    buf = xp.empty((K + 1, nc, R), dtype=dout.dtype, device=dev)
+    buf[K, :, :] = 1
+    taps = [i * Wp + j for i in range(FH) for j in range(FW)]
+    acc = None
+    for n0 in range(0, N, nc):
+        m = min(nc, N - n0)
+        _rows_columns(buf, Xf, T, C, n0, m, S, R, taps)
+        g = xp.reshape(G3[:, n0:n0 + m, :], (FN, m * R))
+        part = xp.matmul(xp.reshape(buf[:, :m, :], (K + 1, m * R)), xp.matrix_transpose(g))
+        if acc is None:
+            acc = part
+        else:
+            acc += part
+    # acc (K+1, FN): the rows of dW.T, then db
+    dW = xp.reshape(xp.matrix_transpose(acc[:K, :]), (FN, C, FH, FW))
+    db = acc[K, :]
+    if not need_dx:
+        return None, dW, db
+    # Output row oh goes to Gz row oh + FH-1-pad; rows that no dx row reads (pad >= FH) are left out.
+    Hg, top = H + FH - 1, FH - 1 - pad
+    o0, o1 = max(0, -top), min(OH, Hg - top)
+    Sg, Rx = Hg * Wp, H * Wp
+    Gz = xp.zeros((FN, N + 2, Hg, Wp), dtype=dout.dtype, device=dev)
+    Gz[:, 1:N + 1, o0 + top:o1 + top, :] = G[:, :, o0:o1, :]
+    Gzf = xp.reshape(Gz, (FN, (N + 2) * Sg))
+    Wg = xp.reshape(xp.permute_dims(W, (1, 0, 2, 3)), (C, FN * T))    # W'[c, f*T + t]
+    KG = FN * T
+    ncg = _rows_chunk(KG - 1, Rx, size, N)
+    bufg = xp.empty((KG, ncg, Rx), dtype=dout.dtype, device=dev)
+    gtaps = [(FH - 1 - i) * Wp - j for i in range(FH) for j in range(FW)]
+    DX = xp.empty((C, N, H, Wp), dtype=dout.dtype, device=dev)
+    for n0 in range(0, N, ncg):
+        m = min(ncg, N - n0)
+        _rows_columns(bufg, Gzf, T, FN, n0 + 1, m, Sg, Rx, gtaps)
+        cols = xp.reshape(bufg[:, :m, :], (KG, m * Rx))
+        DX[:, n0:n0 + m, :, :] = xp.reshape(xp.matmul(Wg, cols), (C, m, H, Wp))
+    dx = xp.permute_dims(DX[:, :, :, pad:pad + Wd], (1, 0, 2, 3))
     return dx, dW, db
 
 

@@ -125,7 +125,7 @@ def conv_contenders(xp, shape, wshape, stride, pad, need_dx, methods, torch, dty
     dout = xp.asarray(rng.standard_normal(tuple(out0.shape)).astype(dtype))
     c = {}
     for m in methods:
-        if m == "shift" and stride != 1:
+        if m in F.STRIDE1_METHODS and stride != 1:
             continue
         c[m] = (lambda m=m: F.conv2d(x, W, b, stride, pad, method=m)[1],
                 lambda ctx: F.conv2d_backward(dout, ctx, W, need_dx))
@@ -197,7 +197,7 @@ def count_ops(batch, simple_batches, methods, dtype):
         x, W, b = arr(shape), arr(wshape), arr(wshape[0])
         row = {"auto_gpu": F.choose_conv_method(shape, wshape, stride, pad, host=False)}
         for m in methods:
-            if m == "shift" and stride != 1:
+            if m in F.STRIDE1_METHODS and stride != 1:
                 continue
             c0 = counts()
             out, ctx = F.conv2d(x, W, b, stride, pad, method=m)
@@ -254,11 +254,12 @@ def totals(results, auto, prefix):
     """Sum of medians over layers whose name starts with ``prefix``: per method and for auto."""
     rows = {k: v for k, v in results.items() if k.startswith(prefix)}
     out = {}
-    for m in ("im2col", "gemm", "torch"):
+    for m in [*F.CONV_METHODS[1:], "torch"]:
         if all(m in r for r in rows.values()):
             out[m] = sum(r[m]["forward"]["median"] + r[m]["backward"]["median"] for r in rows.values())
-    out["auto"] = sum(r[auto[k]]["forward"]["median"] + r[auto[k]]["backward"]["median"]
-                      for k, r in rows.items())
+    if all(auto[k] in r for k, r in rows.items()):   # left out when --methods skipped one auto picks
+        out["auto"] = sum(r[auto[k]]["forward"]["median"] + r[auto[k]]["backward"]["median"]
+                          for k, r in rows.items())
     return out
 
 

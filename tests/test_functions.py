@@ -156,7 +156,7 @@ EXPLICIT_METHODS = [m for m in F.CONV_METHODS if m != "auto"]
 
 
 def _methods(stride):
-    return [m for m in F.CONV_METHODS if m != "shift" or stride == 1]
+    return [m for m in F.CONV_METHODS if m not in F.STRIDE1_METHODS or stride == 1]
 
 
 def _conv_case(rng, C, H, W, FN, FH, FW, N=3):
@@ -197,8 +197,8 @@ def test_conv_methods_match_direct_loops_and_im2col(device, rng, case):
 def test_conv_methods_pass_numerical_gradient_check(device, rng, method, case):
     """CS231n check in float64: backprop against central differences, relative error < 1e-7."""
     C, H, W, FN, FH, FW, stride, pad = case
-    if method == "shift" and stride != 1:
-        pytest.skip("shift is stride 1 only")
+    if method in F.STRIDE1_METHODS and stride != 1:
+        pytest.skip(f"{method} is stride 1 only")
     x, Wt, b = (device.asarray(a, "float64") for a in _conv_case(rng, C, H, W, FN, FH, FW, N=2))
     out, ctx = F.conv2d(x, Wt, b, stride, pad, method=method)
     r = device.asarray(rng.standard_normal(tuple(out.shape)), "float64")
@@ -223,12 +223,30 @@ def test_conv_need_dx_false_returns_none(device, rng, method):
     assert dx is None and tuple(dW.shape) == (3, 2, 3, 3) and tuple(db.shape) == (3,)
 
 
+@pytest.mark.parametrize("chunk_images", [1, 2, 5])
+def test_rows_method_blocks_cover_the_batch(device, rng, monkeypatch, chunk_images):
+    """"rows" works on a few images at a time: blocks of 1, of 2 with a remainder (5 = 2+2+1),
+    and the whole batch give im2col's results, forward and backward."""
+    N, C, H, W, FN, pad = 5, 3, 6, 5, 4, 1
+    x, Wt, b = (device.asarray(a, "float64") for a in _conv_case(rng, C, H, W, FN, 3, 3, N=N))
+    K, R = C * 9, H * (W + 2 * pad)            # rows and per-image run of the forward's columns
+    monkeypatch.setattr(F, "ROWS_CHUNK_BYTES", (K + 1) * R * 8 * chunk_images)
+    dout = device.asarray(rng.standard_normal((N, FN, H, W)), "float64")
+    results = []
+    for method in ("im2col", "rows"):
+        out, ctx = F.conv2d(x, Wt, b, 1, pad, method=method)
+        results.append([device.to_numpy(a) for a in (out, *F.conv2d_backward(dout, ctx, Wt))])
+    for got, want, name in zip(results[1], results[0], ("out", "dx", "dW", "db")):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
 def test_conv_unknown_or_unfit_method_is_a_clear_error(device, rng):
     x, Wt, b = (device.asarray(a, "float64") for a in _conv_case(rng, 2, 7, 7, 3, 3, 3))
     with pytest.raises(ValueError, match=r"unknown convolution method 'winograd'.*im2col"):
         F.conv2d(x, Wt, b, method="winograd")
-    with pytest.raises(ValueError, match="'shift' needs stride 1"):
-        F.conv2d(x, Wt, b, stride=2, method="shift")
+    for method in F.STRIDE1_METHODS:
+        with pytest.raises(ValueError, match=f"'{method}' needs stride 1"):
+            F.conv2d(x, Wt, b, stride=2, method=method)
 
 
 def test_auto_picks_per_layer_and_library(device):
@@ -238,8 +256,9 @@ def test_auto_picks_per_layer_and_library(device):
             ((100, 32, 8, 8), (64, 32, 3, 3), 1), ((100, 64, 8, 8), (64, 64, 3, 3), 1)]
     got = [F.choose_conv_method(xs, ws, 1, pad, device.is_host) for xs, ws, pad in deep]
     if device.is_host:
-        assert got == ["im2col", "gemm", "gemm", "gemm", "gemm", "gemm"]
+        assert got == ["im2col", "rows", "rows", "rows", "rows", "rows"]
         assert F.choose_conv_method((100, 1, 28, 28), (30, 1, 5, 5), 1, 0, device.is_host) == "im2col"
+        assert F.choose_conv_method((100, 16, 28, 28), (16, 16, 3, 3), 2, 1, device.is_host) == "gemm"
     else:
         assert got == ["gemm"] * 6
 
