@@ -255,12 +255,12 @@ STRIDE1_METHODS = ("rows", "shift")
     forward and both backward products are single 2-D GEMMs (dW on a transposed view,
     which neither BLAS nor cuBLAS copies).  Any stride.  The path for GPUs.
 ``"rows"``
-    im2col for stride 1, built for a CPU's caches: the columns of a few images at a time
-    (about :data:`ROWS_CHUNK_BYTES`), copied as whole rows of the flattened padded input
-    (long contiguous copies instead of OW-long ones), with the bias as one more GEMM row;
-    outputs are computed on rows padded to the input width and cut.  Backward rebuilds the
-    columns instead of keeping them.  The CPU's choice for 3x3 layers with 8 or more input
-    channels (see :func:`choose_conv_method`).
+    im2col for stride 1, built for a CPU's caches: the input padded into a batch-innermost
+    (C, H, W, N) grid, so that each tap of a whole output row of the batch is one long
+    contiguous run; the columns of a few output rows at a time (about
+    :data:`ROWS_CHUNK_BYTES`); the bias as one more GEMM row; dx by the same gather on the
+    gradient.  Backward rebuilds the columns instead of keeping them.  Returns its output
+    as a batch-innermost view.  The CPU's choice for layers with 8 or more input channels.
 ``"shift"``
     Shift-and-GEMM (kn2row): no column matrix; every filter tap is one GEMM on a shifted
     slice of the padded input, accumulated on the padded output grid.  Stride 1 only.
@@ -475,134 +475,123 @@ def _conv_gemm_backward(dout, ctx, W, need_dx):
     return dx, dW, db
 
 
-# ---- "rows": im2col a few images at a time, from whole rows of the flattened padded input
+# ---- "rows": im2col by blocks of output rows, on a batch-innermost grid
 ROWS_CHUNK_BYTES = 2 << 20
 """Size of the column block :func:`conv2d` builds at a time with ``method="rows"``: small enough
-to stay in a CPU's last-level cache between the copies that build it and the GEMM that reads it
-(scripts/conv_layers.py, 1 thread, batch 100: 1-4 MiB within 5% of each other; the full-batch
-columns, 45 MB for 16->16 at 28x28, run the GEMM at half the speed)."""
+to stay in a CPU's last-level cache between the copies that build it and the GEMMs that read it
+(1-thread medians, batch 100, DeepConvNet's five "rows" layers forward + backward: 1 MiB 111.9 ms,
+2 MiB 105.6, 4 MiB 110.6, 8 MiB 125.9; the full-batch columns of 16->16 at 28x28 are 45 MB)."""
 
 
-def _rows_geometry(x_shape, W_shape, pad):
-    N, C, H, Wd = x_shape
-    FN, _, FH, FW = W_shape
-    Hp, Wp = H + 2 * pad, Wd + 2 * pad
-    OH, OW = output_size(H, FH, 1, pad), output_size(Wd, FW, 1, pad)
-    return N, C, H, Wd, FN, FH, FW, Hp, Wp, OH, OW
-
-
-def _rows_chunk(K, R, itemsize, N):
-    """Images per column block: (K+1) rows of R outputs per image, about ROWS_CHUNK_BYTES."""
-    return max(1, min(N, ROWS_CHUNK_BYTES // ((K + 1) * R * itemsize)))
-
-
-def _rows_columns(buf, Xf, T, C, n0, m, S, R, taps):
-    """Fill ``buf`` (K+1, nc, R) with the columns of images n0..n0+m: row ``c*T + t`` (channel c,
-    tap t, as in W.reshape(FN, K)), image k, position r = oh*Wp + w holds flat padded pixel (n0+k)*S + r + s_t.
-    Each (tap, image) is one contiguous run of R = OH*Wp pixels per channel."""
-    xp = namespace(Xf)
-    for t, s in enumerate(taps):
-        a = n0 * S + s
-        buf[t:T * C:T, :m, :] = xp.reshape(Xf[:, a:a + m * S], (C, m, S))[:, :, :R]
+def _rows_block(K, L, itemsize, rows):
+    """Output rows per column block: (K+1) GEMM rows of L = OW*N columns each, about ROWS_CHUNK_BYTES."""
+    return max(1, min(rows, ROWS_CHUNK_BYTES // ((K + 1) * L * itemsize)))
 
 
 def _conv_rows(x, W, b, pad):
-    """Stride-1 convolution by column blocks of a few images (see ``"rows"`` in :data:`CONV_METHODS`).
+    """Stride-1 convolution on a batch-innermost grid, a block of output rows at a time
+    (see ``"rows"`` in :data:`CONV_METHODS`).
 
-    On the padded input flattened per channel, Xf (C, (N+1)*Hp*Wp), output (n, oh, w) of tap
-    (i, j) reads Xf[:, n*Hp*Wp + oh*Wp + w + i*Wp + j]: for one image and tap the OH output rows,
-    taken at the full padded width Wp, are one contiguous run.  The GEMM so also computes the
-    Wp - OW columns that wrap past a row's end (1.07x the arithmetic at 28x28, 1.25x at 8x8),
-    which are cut from the result; the spare zero image keeps the last runs in bounds.
+    The padded input is laid out (C, Hp, Wp, N).  Then for output row oh and tap (i, j) the
+    pixels of all OW columns and all N images are one contiguous run of OW*N values,
+    grid[c, oh+i, j:j+OW, :], so the columns (C*FH*FW + 1, rows*OW*N) of a block of output rows
+    are FH*FW copies of long runs, and the GEMM computes no position that is cut afterwards.
+    A row of ones in the columns and the bias as a last filter column add the bias inside the
+    GEMM.  The result (FN, OH, OW, N) is returned as an (N, FN, OH, OW) view: elementwise
+    layers and pooling keep that order (NumPy allocates their results like their inputs), so
+    the next "rows" layer finds its input batch-innermost and copies it without transposing.
     """
     xp = namespace(x)
-    N, C, H, Wd, FN, FH, FW, Hp, Wp, OH, OW = _rows_geometry(tuple(x.shape), tuple(W.shape), pad)
-    S, R, T = Hp * Wp, OH * Wp, FH * FW
-    K = C * T
+    N, C, H, Wd = x.shape
+    FN, _, FH, FW = W.shape
+    Hp, Wp = H + 2 * pad, Wd + 2 * pad
+    OH, OW = output_size(H, FH, 1, pad), output_size(Wd, FW, 1, pad)
+    T = FH * FW
+    K, L = C * T, OW * N
     dev = array_device(x)
-    grid = xp.zeros((C, N + 1, Hp, Wp), dtype=x.dtype, device=dev)
-    grid[:, :N, pad:pad + H, pad:pad + Wd] = xp.permute_dims(x, (1, 0, 2, 3))
-    Xf = xp.reshape(grid, (C, (N + 1) * S))
-    # Filters as (FN, K+1), the bias last: the ones row of the columns adds it inside the GEMM,
-    # with no pass over the output.
-    Wb = xp.concat([xp.reshape(W, (FN, K)), xp.reshape(b, (FN, 1))], axis=1)
-    nc = _rows_chunk(K, R, xp.finfo(x.dtype).bits // 8, N)
-    buf = xp.empty((K + 1, nc, R), dtype=x.dtype, device=dev)
+    grid = xp.zeros((C, Hp, Wp, N), dtype=x.dtype, device=dev)
+    grid[:, pad:pad + H, pad:pad + Wd, :] = xp.permute_dims(x, (1, 2, 3, 0))
+    Wb = xp.concat([xp.reshape(W, (FN, K)), xp.reshape(b, (FN, 1))], axis=1)   # (FN, K+1)
+    rb = _rows_block(K, L, xp.finfo(x.dtype).bits // 8, OH)
+    buf = xp.empty((K + 1, rb, L), dtype=x.dtype, device=dev)
     buf[K, :, :] = 1
-    taps = [i * Wp + j for i in range(FH) for j in range(FW)]
-    y = xp.empty((FN, N, OH, Wp), dtype=x.dtype, device=dev)
-    for n0 in range(0, N, nc):
-        m = min(nc, N - n0)
-        _rows_columns(buf, Xf, T, C, n0, m, S, R, taps)
-        col = xp.reshape(buf[:, :m, :], (K + 1, m * R))
-        y[:, n0:n0 + m, :, :] = xp.reshape(xp.matmul(Wb, col), (FN, m, OH, Wp))
-    # (N, FN, OH, OW) as a view of the (FN, N, ...) result: the next layers read it in place
-    # and the next convolution's padding copy reads it channel by channel, as it needs.
-    out = xp.permute_dims(y[:, :, :, :OW], (1, 0, 2, 3))
-    return out, ("rows", Xf, tuple(x.shape), 1, pad)
+    y = xp.empty((FN, OH, L), dtype=x.dtype, device=dev)
+    for h0 in range(0, OH, rb):
+        r = min(rb, OH - h0)
+        _fill_rows(buf, grid, h0, r, FH, FW, OW, lambda i, j: (i, j))
+        y[:, h0:h0 + r, :] = xp.reshape(xp.matmul(Wb, xp.reshape(buf[:, :r, :], (K + 1, r * L))), (FN, r, L))
+    out = xp.permute_dims(xp.reshape(y, (FN, OH, OW, N)), (3, 0, 1, 2))
+    return out, ("rows", grid, tuple(x.shape), 1, pad)
+
+
+def _fill_rows(buf, src, h0, r, FH, FW, width, offset):
+    """Columns of output rows h0..h0+r into ``buf`` (rows, rb, width*N): row ``c*FH*FW + t``
+    (as in W.reshape(FN, -1)) holds src[c, h0+a : h0+a+r, b : b+width, :] where (a, b) =
+    ``offset(i, j)`` for tap t = i*FW + j.  One copy of C long runs per tap."""
+    xp = namespace(src)
+    C, T = src.shape[0], FH * FW
+    N = src.shape[3]
+    for i in range(FH):
+        for j in range(FW):
+            a, b = offset(i, j)
+            buf[i * FW + j:C * T:T, :r, :] = xp.reshape(src[:, h0 + a:h0 + a + r, b:b + width, :], (C, r, width * N))
 
 
 def _conv_rows_backward(dout, ctx, W, need_dx):
-    """Backward of :func:`_conv_rows`, block by block with the columns rebuilt (a cached copy
-    is cheaper than reading a stored full-batch column matrix back from memory).
+    """Backward of :func:`_conv_rows`, block by block, the columns rebuilt from the kept grid
+    (a copy in cache is cheaper than reading full-batch columns back from memory).
 
-    dW and db: dout goes into G (FN, N, OH, Wp) with zeros in the wrapped columns, so they add
-    nothing; per block, [dW | db] = cols @ G_blk.T (the ones row gives db).
-
-    dx: the full correlation of dout with the flipped filters, computed like the forward (a
-    gather, not a scatter-add of W.T @ G into shifted windows: half the memory passes).  dout
-    sits in a zero grid Gz (FN, N+2, H+FH-1, Wp) whose rows are placed so that dx row hh of
-    image n reads Gz rows hh..hh+FH-1 of image n+1; tap (i, j) is then again a contiguous run
-    per image, at shift (FH-1-i)*Wp - j, and dx_blk (C, m*H*Wp) = W' (C, FN*FH*FW) @ cols_G.
+    [dW | db] = sum over blocks of cols @ G_blk.T, with G = dout as (FN, OH*OW*N) (a view when
+    dout is batch-innermost, as the layers above hand it back); the ones row gives db.
+    dx is the full correlation of dout with the flipped filters, computed like the forward:
+    dout in a zero grid Gz (FN, H+FH-1, W+FW-1, N), tap (i, j) of dx row hh reads Gz row
+    hh+FH-1-i from column FW-1-j on, and dx_blk = W' (C, FN*FH*FW) @ cols_G -- a gather of long
+    runs instead of a scatter-add into shifted windows.
     """
     xp = namespace(dout)
-    _, Xf, x_shape, _, pad = ctx
-    N, C, H, Wd, FN, FH, FW, Hp, Wp, OH, OW = _rows_geometry(x_shape, tuple(W.shape), pad)
-    S, R, T = Hp * Wp, OH * Wp, FH * FW
-    K = C * T
+    _, grid, x_shape, _, pad = ctx
+    N, C, H, Wd = x_shape
+    FN, _, FH, FW = W.shape
+    OH, OW = dout.shape[2], dout.shape[3]
+    T = FH * FW
+    K, L = C * T, OW * N
     dev = array_device(dout)
     size = xp.finfo(dout.dtype).bits // 8
-    G = xp.zeros((FN, N, OH, Wp), dtype=dout.dtype, device=dev)
-    G[:, :, :, :OW] = xp.permute_dims(dout, (1, 0, 2, 3))
-    G3 = xp.reshape(G, (FN, N, R))
-    nc = _rows_chunk(K, R, size, N)
-    buf = xp.empty((K + 1, nc, R), dtype=dout.dtype, device=dev)
+    G = xp.reshape(xp.permute_dims(dout, (1, 2, 3, 0)), (FN, OH, L))
+    rb = _rows_block(K, L, size, OH)
+    buf = xp.empty((K + 1, rb, L), dtype=dout.dtype, device=dev)
     buf[K, :, :] = 1
-    taps = [i * Wp + j for i in range(FH) for j in range(FW)]
     acc = None
-    for n0 in range(0, N, nc):
-        m = min(nc, N - n0)
-        _rows_columns(buf, Xf, T, C, n0, m, S, R, taps)
-        g = xp.reshape(G3[:, n0:n0 + m, :], (FN, m * R))
-        part = xp.matmul(xp.reshape(buf[:, :m, :], (K + 1, m * R)), xp.matrix_transpose(g))
+    for h0 in range(0, OH, rb):
+        r = min(rb, OH - h0)
+        _fill_rows(buf, grid, h0, r, FH, FW, OW, lambda i, j: (i, j))
+        part = xp.matmul(xp.reshape(buf[:, :r, :], (K + 1, r * L)),
+                         xp.matrix_transpose(xp.reshape(G[:, h0:h0 + r, :], (FN, r * L))))
         if acc is None:
             acc = part
         else:
             acc += part
-    # acc (K+1, FN): the rows of dW.T, then db
-    dW = xp.reshape(xp.matrix_transpose(acc[:K, :]), (FN, C, FH, FW))
+    dW = xp.reshape(xp.matrix_transpose(acc[:K, :]), (FN, C, FH, FW))   # acc: rows of dW.T, then db
     db = acc[K, :]
     if not need_dx:
         return None, dW, db
-    # Output row oh goes to Gz row oh + FH-1-pad; rows that no dx row reads (pad >= FH) are left out.
-    Hg, top = H + FH - 1, FH - 1 - pad
-    o0, o1 = max(0, -top), min(OH, Hg - top)
-    Sg, Rx = Hg * Wp, H * Wp
-    Gz = xp.zeros((FN, N + 2, Hg, Wp), dtype=dout.dtype, device=dev)
-    Gz[:, 1:N + 1, o0 + top:o1 + top, :] = G[:, :, o0:o1, :]
-    Gzf = xp.reshape(Gz, (FN, (N + 2) * Sg))
-    Wg = xp.reshape(xp.permute_dims(W, (1, 0, 2, 3)), (C, FN * T))    # W'[c, f*T + t]
-    KG = FN * T
-    ncg = _rows_chunk(KG - 1, Rx, size, N)
-    bufg = xp.empty((KG, ncg, Rx), dtype=dout.dtype, device=dev)
-    gtaps = [(FH - 1 - i) * Wp - j for i in range(FH) for j in range(FW)]
-    DX = xp.empty((C, N, H, Wp), dtype=dout.dtype, device=dev)
-    for n0 in range(0, N, ncg):
-        m = min(ncg, N - n0)
-        _rows_columns(bufg, Gzf, T, FN, n0 + 1, m, Sg, Rx, gtaps)
-        cols = xp.reshape(bufg[:, :m, :], (KG, m * Rx))
-        DX[:, n0:n0 + m, :, :] = xp.reshape(xp.matmul(Wg, cols), (C, m, H, Wp))
-    dx = xp.permute_dims(DX[:, :, :, pad:pad + Wd], (1, 0, 2, 3))
+    # Output (oh, ow) sits at Gz (oh + FH-1-pad, ow + FW-1-pad); outputs that no dx pixel
+    # reads (pad >= FH or FW) are left out.
+    Hg, Wg = H + FH - 1, Wd + FW - 1
+    A, B = FH - 1 - pad, FW - 1 - pad
+    r0, r1, c0, c1 = max(0, -A), min(OH, Hg - A), max(0, -B), min(OW, Wg - B)
+    Gz = xp.zeros((FN, Hg, Wg, N), dtype=dout.dtype, device=dev)
+    Gz[:, r0 + A:r1 + A, c0 + B:c1 + B, :] = xp.reshape(G, (FN, OH, OW, N))[:, r0:r1, c0:c1, :]
+    Wt = xp.reshape(xp.permute_dims(W, (1, 0, 2, 3)), (C, FN * T))       # W'[c, f*T + t]
+    KG, Lx = FN * T, Wd * N
+    rbg = _rows_block(KG - 1, Lx, size, H)
+    bufg = xp.empty((KG, rbg, Lx), dtype=dout.dtype, device=dev)
+    dX = xp.empty((C, H, Lx), dtype=dout.dtype, device=dev)
+    for h0 in range(0, H, rbg):
+        r = min(rbg, H - h0)
+        _fill_rows(bufg, Gz, h0, r, FH, FW, Wd, lambda i, j: (FH - 1 - i, FW - 1 - j))
+        dX[:, h0:h0 + r, :] = xp.reshape(xp.matmul(Wt, xp.reshape(bufg[:, :r, :], (KG, r * Lx))), (C, r, Lx))
+    dx = xp.permute_dims(xp.reshape(dX, (C, H, Wd, N)), (3, 0, 1, 2))
     return dx, dW, db
 
 
@@ -741,8 +730,10 @@ def max_pool2d_backward(dout, ctx):
     disjoint = stride >= PH and stride >= PW
     # Disjoint windows that tile the padded input write every element once: no zero fill needed.
     tiles = disjoint and stride == PH == PW and OH * stride == xpad.shape[2] and OW * stride == xpad.shape[3]
-    make = xp.empty if tiles else xp.zeros
-    dxpad = make(xpad.shape, dtype=dout.dtype, device=array_device(dout))
+    # ``*_like`` keeps the memory order of the input on NumPy (order "K"): a batch-innermost map
+    # from the "rows" convolution gets a batch-innermost gradient, with no transposing writes.
+    make = xp.empty_like if tiles else xp.zeros_like
+    dxpad = make(xpad, dtype=dout.dtype, device=array_device(dout))
     # Ties go to the first maximal offset by handing out a "remaining" gradient: an offset that
     # hits takes all of what is left of its window's dout and leaves 0 for later offsets.  That
     # is 5 array operations per offset (4 for the last), 19 for a 2x2 window, against 24 for

@@ -223,14 +223,14 @@ def test_conv_need_dx_false_returns_none(device, rng, method):
     assert dx is None and tuple(dW.shape) == (3, 2, 3, 3) and tuple(db.shape) == (3,)
 
 
-@pytest.mark.parametrize("chunk_images", [1, 2, 5])
-def test_rows_method_blocks_cover_the_batch(device, rng, monkeypatch, chunk_images):
-    """"rows" works on a few images at a time: blocks of 1, of 2 with a remainder (5 = 2+2+1),
-    and the whole batch give im2col's results, forward and backward."""
+@pytest.mark.parametrize("block_rows", [1, 4, 6])
+def test_rows_method_blocks_cover_the_maps(device, rng, monkeypatch, block_rows):
+    """"rows" builds its columns a few output rows at a time: blocks of 1 row, of 4 with a
+    remainder (6 = 4 + 2), and the whole map give im2col's results, forward and backward."""
     N, C, H, W, FN, pad = 5, 3, 6, 5, 4, 1
     x, Wt, b = (device.asarray(a, "float64") for a in _conv_case(rng, C, H, W, FN, 3, 3, N=N))
-    K, R = C * 9, H * (W + 2 * pad)            # rows and per-image run of the forward's columns
-    monkeypatch.setattr(F, "ROWS_CHUNK_BYTES", (K + 1) * R * 8 * chunk_images)
+    K, L = C * 9, W * N                      # rows and columns per output row of the forward's blocks
+    monkeypatch.setattr(F, "ROWS_CHUNK_BYTES", (K + 1) * L * 8 * block_rows)
     dout = device.asarray(rng.standard_normal((N, FN, H, W)), "float64")
     results = []
     for method in ("im2col", "rows"):
