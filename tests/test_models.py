@@ -152,3 +152,30 @@ def test_accuracy_refuses_labels_of_another_length(device):
     net = dn.MultiLayerNet(4, [3], 2, device=device)
     with pytest.raises(dn.ShapeError, match="one label per sample"):
         net.accuracy(device.asarray(np.zeros((5, 4)), "float32"), device.asarray(np.zeros(4, np.int64)))
+
+
+@pytest.mark.parametrize("name", ["simple_convnet", "deep_convnet"])
+def test_every_conv_method_trains_the_same_network(device, name):
+    """Loss, scores and every gradient of a whole network agree across convolution methods.
+
+    The CPU's "rows" hands its maps on batch-innermost (views of (C, H, W, N) memory) through
+    ReLU, pooling and the next convolution; this checks that chain, forward and backward,
+    against the book's im2col on every device (where "auto" is "gemm" on the GPU stand-in)."""
+    model, shape = small_models(device)[name]
+    n = 4
+    rng = np.random.default_rng(6)
+    x = device.asarray(rng.standard_normal((n,) + shape), "float64")
+    t = device.asarray(rng.integers(0, model.output_shape[0], n))
+    results = {}
+    for method in dn.functions.CONV_METHODS:
+        model.set_conv_method(method)
+        loss = device.to_numpy(model.loss(x, t, train=False))
+        model.backward()
+        results[method] = (loss, device.to_numpy(model.scores),
+                           {k: device.to_numpy(g) for k, g in model.grads.items()})
+    ref = results["im2col"]
+    for method, (loss, scores, grads) in results.items():
+        np.testing.assert_allclose(loss, ref[0], rtol=1e-12, err_msg=method)
+        np.testing.assert_allclose(scores, ref[1], rtol=1e-10, atol=1e-12, err_msg=method)
+        for k, g in grads.items():
+            np.testing.assert_allclose(g, ref[2][k], rtol=1e-9, atol=1e-12, err_msg=f"{method} {k}")
