@@ -260,7 +260,8 @@ STRIDE1_METHODS = ("rows", "shift")
     contiguous run; the columns of a few output rows at a time (about
     :data:`ROWS_CHUNK_BYTES`); the bias as one more GEMM row; dx by the same gather on the
     gradient.  Backward rebuilds the columns instead of keeping them.  Returns its output
-    as a batch-innermost view.  The CPU's choice for layers with 8 or more input channels.
+    as a batch-innermost view.  The CPU's choice for stride 1, except few channels with
+    large filters.
 ``"shift"``
     Shift-and-GEMM (kn2row): no column matrix; every filter tap is one GEMM on a shifted
     slice of the padded input, accumulated on the padded output grid.  Stride 1 only.
@@ -291,20 +292,21 @@ def choose_conv_method(x_shape, W_shape, stride=1, pad=0, host=True):
         # CuPy copies before every GEMM; "im2col"'s batched dW product copies the columns too;
         # "rows" cuts the batch into cache-sized blocks, each with its own copies and GEMMs.
         return "gemm"
-    C = x_shape[1]
-    # CPU rules, from scripts/conv_layers.py --threads 1 on a 2-core EPYC (Zen 4, OpenBLAS
-    # SkylakeX kernels), batch 100, forward + backward medians in ms (im2col / gemm / rows / torch):
-    #   1->16 at 28x28 (no dx)   1.7 /  2.8 /  3.0 / 1.8    SimpleConvNet 1->30 5x5: 4.4 / 5.8 / - / 4.1
-    #   16->16 at 28x28         44.0 / 37.3 / 25.5 / 13.3   32->32 14x14 pad 2:  48.3 / 39.1 / 25.2 / 13.8
-    #   16->32 at 14x14         17.2 / 13.7 / 12.3 / 6.5    32->64 at 8x8:       17.9 / 13.8 / 13.7 / 7.2
-    #   64->64 at 8x8           38.7 / 26.9 / 24.2 / 13.2
-    # "rows" wins where the maps are wide (its copies are long and its column blocks stay in
-    # cache); on 8x8 maps its extra arithmetic (Wp/OW = 1.25) eats the gain.  "shift" (kn2row)
-    # was 35.4 and 35.4 ms on the two big layers: its K=C GEMMs are thin.  With few input
-    # channels the book's per-sample GEMMs stay in cache and its dW needs no transposed copy.
-    if C < 8:
+    C, T = x_shape[1], W_shape[2] * W_shape[3]
+    # CPU rules, measured on a 2-core EPYC (Zen 4, OpenBLAS SkylakeX kernels), 1 thread:
+    # - whole training steps (interleaved, medians): DeepConvNet with "rows" everywhere 99-100
+    #   ms at batch 100 and 275-278 at 256, against 101-102 and 285-287 with im2col for its
+    #   1-channel first layer (whose NCHW output the next layer must transpose) and 145 / 415-418
+    #   with im2col + "gemm" (the rule before "rows"); SimpleConvNet (1->30, 5x5) 15.0-15.3 / 38.8-39.0 ms with
+    #   im2col, 16.5-16.8 / 60-61 with "rows" (26 thin GEMM rows; its map goes on to an
+    #   Affine layer, which reshapes it batch-first again).
+    # - per layer, see scripts/conv_layers.py: "rows" beats "gemm" 1.3-1.5x on the wide 3x3
+    #   layers and 1.1-1.2x on the 8x8 ones.  "shift" (kn2row) runs K=C GEMMs, too thin.
+    if stride != 1:
+        return "im2col" if C < 8 else "gemm"
+    if C < 8 and T > 9:
         return "im2col"
-    return "rows" if stride == 1 else "gemm"
+    return "rows"
 
 
 def _resolve_method(method, x, W, stride, pad):
