@@ -129,8 +129,9 @@ def build_parser():
                    help="convolution algorithm (default: auto; im2col is the book's)")
     t.add_argument("--dtype", choices=["float32", "float64"], help="default: float32")
     t.add_argument("--augment", action="store_true", default=None,
-                   help="shift training images by up to 2 pixels (1 on 8x8) and, for clothes and objects "
-                        "(fashion-mnist, cifar10; not digits), mirror them at random (the book's ch. 8)")
+                   help="shift training images by up to 2 pixels (1 on 8x8) and mirror at random the "
+                        "classes whose mirror image is still that class (clothes, not shoes, in "
+                        "fashion-mnist; all of cifar10; no digits) (the book's ch. 8)")
     t.add_argument("--data-dir", default=None, help="folder with the dataset's files (default: the "
                    "cache ~/.cache/dualnet/<name>, then /usr/share/datasets/<name>, then a download)")
     t.add_argument("--val-fraction", type=_fraction,
@@ -422,7 +423,7 @@ def _train(args, out, run_dir, resume_doc, cfg, epochs, comm=None):
     tr = Trainer(model, opt, data, epochs=epochs, batch_size=args.batch_size,
                  schedule=LRSchedule(lr, args.lr_decay), out_dir=out, log_every=args.log_every,
                  progress=not args.no_progress, seed=args.seed, config=config, comm=comm,
-                 augment=(max(1, round(data.sample_shape[-1] / 14)), data.mirror_symmetric)
+                 augment=(max(1, round(data.sample_shape[-1] / 14)), data.mirror_classes)
                  if args.augment else None)  # shifts of 2 pixels on 28x28 and 32x32, 1 on 8x8
     if meta is not None:
         tr.restore(meta, args.resume)

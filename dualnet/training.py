@@ -187,7 +187,17 @@ class BatchSource:
             if x.ndim != 4:
                 raise ShapeError(f"augmentation shifts and flips images (N, C, H, W), but the {what} "
                                  f"has shape {tuple(x.shape)}; load it with flatten=False", param="augment")
-            self.augment = (int(shift), bool(flip))
+            if flip is True or flip is False or not flip:
+                flip = bool(flip)
+            else:   # the classes that may be mirrored: a 0/1 flag per class, looked up per image
+                classes = [int(c) for c in flip]
+                K = int(num_classes) if num_classes is not None else max(classes, default=-1) + 1
+                if t.ndim != 1 or any(not 0 <= c < K for c in classes):
+                    raise ConfigError(f"mirror classes {classes} need integer labels 0..{K - 1}",
+                                      param="augment")
+                with device.bind():
+                    flip = device.asarray([k in classes for k in range(K)])
+            self.augment = (int(shift), flip)
         itemsize = 8 if dtype == "float64" else 4
         nbytes = x.size * itemsize + t.nbytes
         self.on_device = nbytes < 0.5 * device.free_memory() if on_device is None else bool(on_device)
@@ -233,20 +243,26 @@ class BatchSource:
             lo, hi = shard(b - a) if shard is not None else (0, b - a)
             xb, tb = self.batch(perm[a + lo:a + hi])
             if self.augment is not None:
-                xb = self._augmented(xb, (seed * 1_000_003 + i * 7919 + 17) % (2 ** 32), b - a, lo)
+                xb = self._augmented(xb, tb, (seed * 1_000_003 + i * 7919 + 17) % (2 ** 32), b - a, lo)
             yield xb, tb
 
-    def _augmented(self, xb, seed, n, lo):
+    def _augmented(self, xb, tb, seed, n, lo):
         """``xb`` shifted by up to ``shift`` pixels (and mirrored, where allowed), drawn on the device
         from a generator seeded by (epoch seed, batch): the same images for the same position,
-        whichever rank holds which slice of the batch and whether or not the run was resumed."""
+        whichever rank holds which slice of the batch and whether or not the run was resumed.
+        ``flip`` is True (any image), False, or a per-class flag array indexed by the labels ``tb``."""
         shift, flip = self.augment
         xp = self.device.xp
         u = self.device.rng(seed).uniform((3, n), xb.dtype)[:, lo:lo + xb.shape[0]]
         k = 2 * shift + 1
         dy = xp.astype(xp.floor(u[0, :] * k), xp.int64) - shift
         dx = xp.astype(xp.floor(u[1, :] * k), xp.int64) - shift
-        mirror = (u[2, :] < 0.5) if flip else (u[2, :] < 0)
+        if flip is True:
+            mirror = u[2, :] < 0.5
+        elif flip is False:
+            mirror = u[2, :] < 0
+        else:
+            mirror = (u[2, :] < 0.5) & xp.take(flip, tb, axis=0)
         return F.shift_flip(xb, dy, dx, mirror, shift)
 
     def stream(self, seed, on_epoch=None):
@@ -305,9 +321,10 @@ class Trainer:
         gradients, evaluation is sharded, and rank 0 alone logs and writes the run directory.
         Default: one process (:class:`dualnet.distributed.SelfComm`).
     augment : (shift, flip), optional
-        Training batches shifted by up to ``shift`` pixels and, when ``flip``, mirrored left-right
-        at random (the book's chapter-8 augmentation), drawn on the device per (seed, epoch,
-        batch), so a resumed run sees the same images; never for evaluation.
+        Training batches shifted by up to ``shift`` pixels and mirrored left-right at random
+        (the book's chapter-8 augmentation): ``flip`` is True (any image), False, or the classes
+        that may be mirrored (:attr:`dualnet.data.Dataset.mirror_classes`).  Drawn on the device
+        per (seed, epoch, batch), so a resumed run sees the same images; never for evaluation.
 
     A checkpoint's ``meta`` records the position: ``epoch`` (epochs completed), ``epoch_step``
     (steps done in the next one), ``step`` (steps in all), the history, every step's loss, and

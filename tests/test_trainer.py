@@ -124,5 +124,28 @@ def test_augment_flips_only_mirror_symmetric_data(monkeypatch):
     with tempfile.TemporaryDirectory() as d:
         assert main(["train", "--augment", "--epochs", "1", "--no-progress", "--no-plots", "--device", "cpu",
                      "--out", d]) == 0
-    assert (1, False) in seen  # 8x8 digits: 1-pixel shifts, never mirrored
+    assert (1, ()) in seen  # 8x8 digits: 1-pixel shifts, no class to mirror
     assert load_dataset("digits").mirror_symmetric is False
+
+
+def test_augment_mirrors_only_the_classes_allowed(device):
+    """A per-class flip list mirrors images of those classes only (about half of them, drawn
+    on the device), never the others; Fashion-MNIST's shoes are not on its list."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 1, 6, 6)).astype(np.float32)
+    t = np.arange(400) % 4
+    src = BatchSource(x, t, device, "float32", 100, num_classes=4, augment=(0, (1, 3)))
+    flat, flat_mirrored = x.reshape(400, -1), x[:, :, :, ::-1].reshape(400, -1)
+    mirrored = {k: 0 for k in range(4)}
+    for xb, tb in src.epoch(5):
+        for img, k in zip(device.to_numpy(xb).reshape(100, -1), device.to_numpy(tb)):
+            i = np.flatnonzero((flat == img).all(axis=1))
+            j = np.flatnonzero((flat_mirrored == img).all(axis=1))
+            assert len(i) + len(j) == 1 and t[np.concatenate([i, j])[0]] == k
+            mirrored[int(k)] += len(j)
+    assert mirrored[0] == mirrored[2] == 0
+    assert 30 < mirrored[1] < 70 and 30 < mirrored[3] < 70, mirrored
+    from dualnet.data import MIRROR_CLASSES
+    assert not set(MIRROR_CLASSES["fashion-mnist"]) & {5, 7, 9}   # sandal, sneaker, ankle boot
+    with pytest.raises(dn.ConfigError, match="mirror classes"):
+        BatchSource(x, t, device, "float32", 100, num_classes=4, augment=(0, (4,)))
