@@ -417,7 +417,9 @@ def _train(args, out, run_dir, resume_doc, cfg, epochs, comm=None):
               "epochs": epochs, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": lr,
               "lr_decay": args.lr_decay, "weight_decay": model.weight_decay, "seed": args.seed,
               "dtype": model.dtype, "val_fraction": args.val_fraction, "num_params": model.num_params(),
-              "processes": comm.size if comm is not None else 1, "augment": bool(args.augment)}
+              "processes": comm.size if comm is not None else 1, "augment": bool(args.augment),
+              "mirror_classes": list(data.mirror_classes) if args.augment else [],
+              "model_kwargs": dict(getattr(model, "model_kwargs", None) or {}), "conv": args.conv or "auto"}
     print(f"model: {args.model} ({model.num_params():,} parameters), {args.optimizer} lr {lr:g}, "
           f"{epochs} epochs, batch {args.batch_size}, {model.dtype}; run directory {out}", flush=True)
     tr = Trainer(model, opt, data, epochs=epochs, batch_size=args.batch_size,

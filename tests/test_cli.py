@@ -29,6 +29,8 @@ def test_train_digits_writes_run_directory(tmp_path, capsys, device):
     assert "final test accuracy:" in out
     m = json.loads((out_dir / "metrics.json").read_text())
     assert m["config"]["dataset"] == "digits" and m["config"]["model"] == "simple_convnet"
+    # what it takes to run it again: the model's own settings and the convolution method too
+    assert m["config"]["conv"] == "auto" and m["config"]["model_kwargs"]["filter_num"] == 30
     assert m["history"]["epoch"] == [1, 2] and len(m["history"]["test_acc"]) == 2
     assert m["test_acc"] == m["history"]["test_acc"][-1] > 0.5 and m["wall_time_s"] > 0
     assert m["device"]["spec"] == device.spec
