@@ -300,8 +300,13 @@ def choose_conv_method(x_shape, W_shape, stride=1, pad=0, host=True):
     #   with im2col + "gemm" (the rule before "rows"); SimpleConvNet (1->30, 5x5) 15.0-15.3 / 38.8-39.0 ms with
     #   im2col, 16.5-16.8 / 60-61 with "rows" (26 thin GEMM rows; its map goes on to an
     #   Affine layer, which reshapes it batch-first again).
-    # - per layer, see scripts/conv_layers.py: "rows" beats "gemm" 1.3-1.5x on the wide 3x3
-    #   layers and 1.1-1.2x on the 8x8 ones.  "shift" (kn2row) runs K=C GEMMs, too thin.
+    # - per layer alone (scripts/conv_layers.py --threads 1, batch 100, forward + backward ms,
+    #   im2col / gemm / rows / shift / PyTorch): 16->16 at 28x28 43.7 / 37.7 / 25.5 / 34.8 / 13.1;
+    #   16->32 at 14x14 15.6 / 12.7 / 10.7 / 18.3 / 6.6; 32->32 at 14x14 pad 2 46.8 / 40.3 / 24.4 /
+    #   33.4 / 14.4; 32->64 at 8x8 16.4 / 13.3 / 12.1 / 16.4 / 7.2; 64->64 at 8x8 37.2 / 27.1 /
+    #   20.8 / 30.4 / 13.2; the 1-channel first layer alone 2.0 / 3.0 / 3.5 / 19.0 / 2.0 (its
+    #   layout, not its own time, makes "rows" pay there); SimpleConvNet's 1->30 5x5 4.6 / 6.2 /
+    #   6.2 / 84 / 4.1.  "shift" (kn2row) runs K=C GEMMs, too thin to pay.
     if stride != 1:
         return "im2col" if C < 8 else "gemm"
     if C < 8 and T > 9:
@@ -481,8 +486,9 @@ def _conv_gemm_backward(dout, ctx, W, need_dx):
 ROWS_CHUNK_BYTES = 2 << 20
 """Size of the column block :func:`conv2d` builds at a time with ``method="rows"``: small enough
 to stay in a CPU's last-level cache between the copies that build it and the GEMMs that read it
-(1-thread medians, batch 100, DeepConvNet's five "rows" layers forward + backward: 1 MiB 111.9 ms,
-2 MiB 105.6, 4 MiB 110.6, 8 MiB 125.9; the full-batch columns of 16->16 at 28x28 are 45 MB)."""
+(1-thread medians, batch 100, DeepConvNet's five wide layers forward + backward, interleaved on a
+quiet 2-core EPYC: 1 MiB 104.2 ms, 2 MiB 97.6, 4 MiB 104.0, 8 MiB 114.2; the full-batch columns of
+16->16 at 28x28 would be 45 MB)."""
 
 
 def _rows_block(K, L, itemsize, rows):
