@@ -242,8 +242,6 @@ def _check_conv(x, W):
 
 
 CONV_METHODS = ("auto", "im2col", "gemm", "rows", "shift")
-STRIDE1_METHODS = ("rows", "shift")
-"""The methods of :data:`CONV_METHODS` that take stride 1 only."""
 """Convolution algorithms :func:`conv2d` accepts.
 
 ``"im2col"``
@@ -271,6 +269,9 @@ STRIDE1_METHODS = ("rows", "shift")
     Chooses per layer shape, stride and array library; see :func:`choose_conv_method`.
 """
 
+STRIDE1_METHODS = ("rows", "shift")
+"""The methods of :data:`CONV_METHODS` that take stride 1 only."""
+
 
 def choose_conv_method(x_shape, W_shape, stride=1, pad=0, host=True):
     """The method ``method="auto"`` runs for input ``x_shape`` (N, C, H, W) and filters ``W_shape``.
@@ -296,10 +297,9 @@ def choose_conv_method(x_shape, W_shape, stride=1, pad=0, host=True):
     # CPU rules, measured on a 2-core EPYC (Zen 4, OpenBLAS SkylakeX kernels), 1 thread:
     # - whole training steps (interleaved, medians): DeepConvNet with "rows" everywhere 99-100
     #   ms at batch 100 and 275-278 at 256, against 101-102 and 285-287 with im2col for its
-    #   1-channel first layer (whose NCHW output the next layer must transpose) and 145 / 415-418
-    #   with im2col + "gemm" (the rule before "rows"); SimpleConvNet (1->30, 5x5) 15.0-15.3 / 38.8-39.0 ms with
-    #   im2col, 16.5-16.8 / 60-61 with "rows" (26 thin GEMM rows; its map goes on to an
-    #   Affine layer, which reshapes it batch-first again).
+    #   1-channel first layer (whose NCHW output the next layer must transpose) and 145 and
+    #   415-418 with im2col + "gemm" (the rule before "rows"); SimpleConvNet (1->30, 5x5)
+    #   15.0-15.3 / 38.8-39.0 ms with im2col, 16.5-16.8 / 60-61 with "rows".
     # - per layer alone (scripts/conv_layers.py --threads 1, batch 100, forward + backward ms,
     #   im2col / gemm / rows / shift / PyTorch): 16->16 at 28x28 43.7 / 37.7 / 25.5 / 34.8 / 13.1;
     #   16->32 at 14x14 15.6 / 12.7 / 10.7 / 18.3 / 6.6; 32->32 at 14x14 pad 2 46.8 / 40.3 / 24.4 /

@@ -187,7 +187,7 @@ class BatchSource:
             if x.ndim != 4:
                 raise ShapeError(f"augmentation shifts and flips images (N, C, H, W), but the {what} "
                                  f"has shape {tuple(x.shape)}; load it with flatten=False", param="augment")
-            if flip is True or flip is False or not flip:
+            if isinstance(flip, bool) or not flip:
                 flip = bool(flip)
             else:   # the classes that may be mirrored: a 0/1 flag per class, looked up per image
                 classes = [int(c) for c in flip]
