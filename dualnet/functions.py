@@ -491,9 +491,10 @@ quiet 2-core EPYC: 1 MiB 104.2 ms, 2 MiB 97.6, 4 MiB 104.0, 8 MiB 114.2; the ful
 16->16 at 28x28 would be 45 MB)."""
 
 
-def _rows_block(K, L, itemsize, rows):
-    """Output rows per column block: (K+1) GEMM rows of L = OW*N columns each, about ROWS_CHUNK_BYTES."""
-    return max(1, min(rows, ROWS_CHUNK_BYTES // ((K + 1) * L * itemsize)))
+def _rows_block(depth, L, itemsize, rows):
+    """Output rows per column block: ``depth`` GEMM rows of L = OW*N columns per output row,
+    about ROWS_CHUNK_BYTES in all, at most ``rows``."""
+    return max(1, min(rows, ROWS_CHUNK_BYTES // (depth * L * itemsize)))
 
 
 def _framed(src, shape, top, left):
@@ -534,7 +535,7 @@ def _conv_rows(x, W, b, pad):
     dev = array_device(x)
     grid = _framed(xp.permute_dims(x, (1, 2, 3, 0)), (C, Hp, Wp, N), pad, pad)
     Wb = xp.concat([xp.reshape(W, (FN, K)), xp.reshape(b, (FN, 1))], axis=1)   # (FN, K+1)
-    rb = _rows_block(K, L, xp.finfo(x.dtype).bits // 8, OH)
+    rb = _rows_block(K + 1, L, xp.finfo(x.dtype).bits // 8, OH)
     buf = xp.empty((K + 1, rb, L), dtype=x.dtype, device=dev)
     buf[K, :, :] = 1
     y = xp.empty((FN, OH, L), dtype=x.dtype, device=dev)
@@ -580,7 +581,7 @@ def _conv_rows_backward(dout, ctx, W, need_dx):
     dev = array_device(dout)
     size = xp.finfo(dout.dtype).bits // 8
     G = xp.reshape(xp.permute_dims(dout, (1, 2, 3, 0)), (FN, OH, L))
-    rb = _rows_block(K, L, size, OH)
+    rb = _rows_block(K + 1, L, size, OH)
     buf = xp.empty((K + 1, rb, L), dtype=dout.dtype, device=dev)
     buf[K, :, :] = 1
     acc = None
@@ -605,7 +606,7 @@ def _conv_rows_backward(dout, ctx, W, need_dx):
     Gz = _framed(xp.reshape(G, (FN, OH, OW, N))[:, r0:r1, c0:c1, :], (FN, Hg, Wg, N), r0 + A, c0 + B)
     Wt = xp.reshape(xp.permute_dims(W, (1, 0, 2, 3)), (C, FN * T))       # W'[c, f*T + t]
     KG, Lx = FN * T, Wd * N
-    rbg = _rows_block(KG - 1, Lx, size, H)
+    rbg = _rows_block(KG, Lx, size, H)
     bufg = xp.empty((KG, rbg, Lx), dtype=dout.dtype, device=dev)
     dX = xp.empty((C, H, Lx), dtype=dout.dtype, device=dev)
     for h0 in range(0, H, rbg):
