@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import threading
 import time
 
 import numpy as np
@@ -39,7 +40,8 @@ __all__ = ["Device", "CPUDevice", "CUDADevice", "SimDevice", "CountingDevice", "
 
 def namespace(*arrays):
     """The array API namespace of ``arrays`` (they must share one)."""
-    return array_api_compat.array_namespace(*arrays)
+    xp = array_api_compat.array_namespace(*arrays)
+    return _sim_namespace() if xp is _SIM_MODULE[0] else xp
 
 
 def array_device(x):
@@ -48,10 +50,15 @@ def array_device(x):
 
 
 def on_device_of(x):
-    """A context in which new arrays go to ``x``'s device: CuPy's device object is one (it
-    allocates on the current GPU whatever ``device=`` says); elsewhere nothing to do."""
+    """A context in which new arrays and kernels go to ``x``'s device: CuPy's device object is
+    one (it allocates on the current GPU whatever ``device=`` says); the simulated devices get
+    the same rule (:class:`_SimNamespace`); on the host nothing to do."""
     d = array_device(x)
-    return d if hasattr(d, "__enter__") else contextlib.nullcontext()
+    if hasattr(d, "__enter__"):
+        return d
+    if _SIM_MODULE[0] is not None and isinstance(d, _SIM_MODULE[0].Device):
+        return _SimBind(d)
+    return contextlib.nullcontext()
 
 
 def _dtype_name(dtype):
@@ -184,7 +191,9 @@ class Device:
         return _host_memory("SC_AVPHYS_PAGES")
 
     def peak_memory(self, fn):
-        """Peak bytes allocated while running ``fn()`` once, or None where it cannot be measured."""
+        """Peak bytes allocated while running ``fn()`` once, beyond what was allocated before
+        it (a training step's activations, gradients and temporaries, not the parameters and
+        data already there), or None where it cannot be measured."""
         return None
 
     # -- randomness -----------------------------------------------------------------
@@ -245,6 +254,7 @@ class CPUDevice(Device):
         return np.asarray(a)
 
     def peak_memory(self, fn):
+        # NumPy reports its buffers to tracemalloc, which counts from zero at start().
         import tracemalloc
         tracemalloc.start()
         try:
@@ -312,19 +322,22 @@ class CUDADevice(Device):
             return int(self._cupy.cuda.runtime.memGetInfo()[0]) + int(pool.free_bytes())
 
     def peak_memory(self, fn):
-        pool = self._cupy.get_default_memory_pool()
+        # A memory hook sees every allocation from CuPy's pool and every return to it: the high
+        # water of their running sum is the peak, comparable with PyTorch's max_memory_allocated
+        # minus what was allocated before (the pool's total_bytes would count cached blocks too).
+        hook = _peak_hook(self._cupy, self.index)
         with self._dev:
             self.synchronize()
-            pool.free_all_blocks()
-            fn()
-            self.synchronize()
-            return int(pool.total_bytes())
+            with hook:
+                fn()
+                self.synchronize()
+        return int(hook.peak)
 
     def rng(self, seed):
         return _CuPyRNG(self, seed)
 
     def info(self):
-        st = cuda_status()
+        st = cuda_status(index=self.index)
         return {**super().info(), "cupy": st["cupy_version"], "driver": st["driver"],
                 "cuda_runtime": st["cuda_runtime"]}
 
@@ -347,28 +360,141 @@ class CUDADevice(Device):
         return _NcclCollectives(self, nccl, comm)
 
 
+# --------------------------------------------------------------------------- the simulated GPUs
+_SIM_MODULE = [None]   # array_api_strict, once a simulated device has imported it
+
+
+class _SimCurrent(threading.local):
+    """The simulated "current GPU" of a thread, as CUDA has one: device1 unless bound."""
+    device = None
+
+
+_SIM_CURRENT = _SimCurrent()
+
+
+class _SimNamespace:
+    """array_api_strict with the placement CuPy has through array-api-compat.
+
+    CuPy allocates on the *current* GPU; array-api-compat ignores ``device=`` for CuPy in every
+    creation function but ``asarray`` (array-api-compat PR #293: multi-device CuPy needs the
+    current device or a context), and CuPy refuses to compute on arrays of another GPU.  So code
+    that works on GPU 0 may fail, or allocate on the wrong GPU, on GPU 1 unless it runs inside
+    ``device.bind()``.  The same rules here make that fail on a CPU-only machine: creation
+    functions allocate on the current simulated device (device1 unless a :meth:`SimDevice.bind`
+    is active), and any other function refuses arrays of another device, naming both.  Only
+    namespace functions are covered, not operators on arrays.
+    """
+
+    _CREATE = frozenset({"empty", "zeros", "ones", "full", "arange", "eye", "linspace",
+                         "empty_like", "zeros_like", "ones_like", "full_like"})
+
+    def __init__(self, xp):
+        self._xp = xp
+        self.__name__ = xp.__name__
+
+    def __getattr__(self, name):
+        f = getattr(self._xp, name)
+        if not callable(f) or isinstance(f, type) or name.startswith("__") or name in ("asarray", "Device"):
+            return f
+        xp = self._xp
+        if name in self._CREATE:
+            def call(*args, **kw):
+                kw["device"] = _SIM_CURRENT.device or xp.Device("device1")
+                return f(*args, **kw)
+        else:
+            def call(*args, **kw):
+                _sim_check_current(args, kw)
+                return f(*args, **kw)
+        setattr(self, name, call)  # wrapped once per name
+        return call
+
+
+def _sim_check_current(args, kw):
+    cur = _SIM_CURRENT.device
+    for a in (*args, *kw.values()):
+        for v in (a if isinstance(a, (list, tuple)) else (a,)):
+            dev = getattr(v, "device", None)
+            if dev is None or not hasattr(v, "shape"):
+                continue
+            if cur is None:
+                cur = type(dev)("device1")
+            if dev != cur and str(dev) != "CPU_DEVICE":
+                raise ValueError(f"Array device must be same as the current device: array device = {dev} "
+                                 f"while current = {cur} (compute on a simulated device runs inside "
+                                 f"its device.bind(), as on CUDA)")
+
+
+def _sim_namespace():
+    xp = _SIM_MODULE[0]
+    ns = getattr(xp, "_dualnet_namespace", None)
+    if ns is None:
+        ns = _SimNamespace(xp)
+        xp._dualnet_namespace = ns
+    return ns
+
+
+class _SimBind:
+    def __init__(self, dev):
+        self._dev, self._old = dev, []
+
+    def __enter__(self):
+        self._old.append(_SIM_CURRENT.device)
+        _SIM_CURRENT.device = self._dev
+        return self
+
+    def __exit__(self, *exc):
+        _SIM_CURRENT.device = self._old.pop()
+
+
+def _peak_hook(cupy, index):
+    """A CuPy memory hook that tracks the high water of bytes taken from GPU ``index``'s pool."""
+    from cupy.cuda import memory_hook
+
+    class PeakHook(memory_hook.MemoryHook):
+        name = "DualnetPeakHook"
+
+        def __init__(self):
+            self.now = self.peak = 0
+
+        def malloc_postprocess(self, **kw):   # CuPy passes device_id, size, mem_size, mem_ptr, pmem_id
+            if kw["device_id"] == index:
+                self.now += kw["mem_size"]
+                self.peak = max(self.peak, self.now)
+
+        def free_postprocess(self, **kw):
+            if kw["device_id"] == index:
+                self.now -= kw["mem_size"]
+
+    return PeakHook()
+
+
 class SimDevice(Device):
-    """array_api_strict's simulated device N (1 or 2): arrays of any other device are refused."""
+    """array_api_strict's simulated device N (1 or 2): arrays of any other device are refused,
+    and compute outside :meth:`bind` runs on the "current" device1 (see :class:`_SimNamespace`)."""
 
     kind = "sim"
 
     def __init__(self, index=1, reason=""):
         super().__init__(index, reason)
-        import array_api_strict as xp
-        self.xp = xp
-        self._dev = xp.Device(f"device{self.index}")
-        self._host = xp.Device("CPU_DEVICE")
+        import array_api_strict
+        _SIM_MODULE[0] = array_api_strict
+        self.xp = _sim_namespace()
+        self._dev = array_api_strict.Device(f"device{self.index}")
+        self._host = array_api_strict.Device("CPU_DEVICE")
         self.name = f"array_api_strict simulated device{self.index}"
 
     def _same(self, dev):
         return dev == self._dev
+
+    def bind(self):
+        return _SimBind(self._dev)
 
     def asarray(self, a, dtype=None):
         if isinstance(dtype, str):
             dtype = self.dtype(dtype)
         if hasattr(a, "to_device") and not isinstance(a, np.ndarray):
             a = a.to_device(self._dev)
-            return a if dtype is None else self.xp.astype(a, dtype)
+            return a if dtype is None else _SIM_MODULE[0].astype(a, dtype)  # a transfer: any current device
         return self.xp.asarray(np.asarray(a), dtype=dtype, device=self._dev)
 
     def to_numpy(self, a):
@@ -451,6 +577,9 @@ class CountingDevice(Device):
 class _CountingRNG:
     def __init__(self, rng, device):
         self._rng, self._device = rng, device
+
+    def reseed(self, seed):
+        self._rng.reseed(seed)  # sets a key: no kernel
 
     def uniform(self, shape, dtype):
         self._device.ops += 1
@@ -663,6 +792,10 @@ class _NumPyRNG:
     """NumPy's Generator: draws straight into host arrays."""
 
     def __init__(self, seed):
+        self.reseed(seed)
+
+    def reseed(self, seed):
+        """Restart the stream at ``seed``: what follows is what a new generator of ``seed`` draws."""
         self._g = np.random.default_rng(seed)
 
     def uniform(self, shape, dtype):
@@ -679,7 +812,10 @@ class _CuPyRNG:
 
     Philox, a counter-based generator: seeding it sets a key and launches nothing, where the
     default XORWOW initialises a state per thread with a kernel.  Training re-seeds the dropout
-    generators every step (so a resumed run draws the same masks), so seeding must be cheap.
+    generators every step (so a resumed run draws the same masks), so seeding must be cheap:
+    :meth:`reseed` keeps the one cuRAND generator (``RandomState.seed`` sets the key and puts the
+    offset back to 0, the state of a new generator), where a new ``RandomState`` per step would
+    create a cuRAND generator each time and leave its destruction to the garbage collector.
     """
 
     def __init__(self, device, seed):
@@ -687,6 +823,10 @@ class _CuPyRNG:
         cp = device._cupy
         with self._dev:
             self._g = cp.random.RandomState(seed, method=cp.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10)
+
+    def reseed(self, seed):
+        with self._dev:
+            self._g.seed(seed)
 
     def uniform(self, shape, dtype):
         with self._dev:
@@ -747,7 +887,7 @@ _LIBRARY_PROBES = (
      lambda cp: cp.random.RandomState(0).random_sample(4, dtype="float32")),
 )
 
-_STATUS = None
+_STATUS = {}   # GPU index -> the probe's result for that GPU
 
 
 def _probe_libraries(cupy, index):
@@ -764,28 +904,35 @@ def _probe_libraries(cupy, index):
     return None
 
 
-def cuda_status(refresh=False):
-    """Probe CuPy and the GPUs without raising (once per process; ``refresh`` probes again).
+def cuda_status(refresh=False, index=0):
+    """Probe CuPy and GPU ``index`` without raising (once per process and GPU; ``refresh``
+    probes again).
 
     Beyond the driver's device count, the probe runs an elementwise kernel, a matrix product
-    and a random draw on the first GPU, so a machine whose CuPy lacks NVRTC, cuBLAS or cuRAND
-    falls back to the CPU with a reason instead of failing at the first training step.
+    and a random draw on GPU ``index`` -- the GPU the process is going to use, and no other:
+    a probe creates a CUDA context on the GPU it runs on, which costs memory on every rank
+    and fails on a GPU in exclusive-process mode that another process holds.  So a machine
+    whose CuPy lacks NVRTC, cuBLAS or cuRAND falls back to the CPU with a reason instead of
+    failing at the first training step.
 
     Returns
     -------
     dict
-        ``available`` (bool), ``reason`` (one line when not available),
-        ``cupy_version``, ``cuda_runtime``, ``driver``, ``devices`` (list of
-        ``{"index", "name", "memory_bytes", "compute_capability"}``).
+        ``available`` (bool: GPU ``index`` exists and runs all three), ``reason`` (one line when
+        not available), ``index``, ``cupy_version``, ``cuda_runtime``, ``driver``, ``devices``
+        (every GPU, as ``{"index", "name", "memory_bytes", "compute_capability"}``).
     """
-    global _STATUS
-    if _STATUS is None or refresh:
-        _STATUS = _cuda_status()
-    return dict(_STATUS, devices=list(_STATUS["devices"]))
+    index = int(index)
+    if refresh:
+        _STATUS.clear()
+    if index not in _STATUS:
+        _STATUS[index] = _cuda_status(index)
+    st = _STATUS[index]
+    return dict(st, devices=list(st["devices"]))
 
 
-def _cuda_status():
-    status = {"available": False, "reason": "", "cupy_version": None,
+def _cuda_status(index):
+    status = {"available": False, "reason": "", "index": index, "cupy_version": None,
               "cuda_runtime": None, "driver": None, "devices": []}
     try:
         import cupy
@@ -821,7 +968,10 @@ def _cuda_status():
         except Exception as e:
             status["reason"] = f"GPU {i} did not answer: {_explain_cuda_error(e)}"
             return status
-    missing = _probe_libraries(cupy, 0)
+    if index >= n:
+        status["reason"] = f"GPU {index} does not exist: {n} GPU(s) found (cuda:0..cuda:{n - 1})"
+        return status
+    missing = _probe_libraries(cupy, index)
     if missing:
         status["reason"] = missing
         return status
@@ -961,17 +1111,21 @@ def get_device(spec="auto"):
             return CUDADevice(0, reason=f"auto: CUDA GPU found ({st['devices'][0]['name']})")
         return CPUDevice(reason=f"auto: using the CPU because {st['reason']}")
     if kind == "cuda":
-        idx = idx if num else 0
-        st = cuda_status()
-        if not st["available"]:
-            raise DeviceError(f"device {spec!r} is not usable: {st['reason']}. Use device='cpu' or 'auto'.",
-                              param="device")
-        if idx >= len(st["devices"]):
-            raise DeviceError(f"device {spec!r} does not exist: {len(st['devices'])} GPU(s) found "
-                              f"(cuda:0..cuda:{len(st['devices']) - 1})", param="device")
-        return CUDADevice(idx)
+        return _cuda_device(spec, idx if num else 0)
     raise DeviceError(f"unknown device {spec!r}: choose cpu, cuda, cuda:N, auto or sim",
                       param="device")
+
+
+def _cuda_device(spec, index, reason=""):
+    """CUDADevice ``index`` after probing that GPU (and no other), or a DeviceError saying why not."""
+    st = cuda_status(index=index)
+    if st["devices"] and index >= len(st["devices"]):
+        raise DeviceError(f"device {spec!r} does not exist: {len(st['devices'])} GPU(s) found "
+                          f"(cuda:0..cuda:{len(st['devices']) - 1})", param="device")
+    if not st["available"]:
+        raise DeviceError(f"device {spec!r} is not usable: {st['reason']}. Use device='cpu' or 'auto'.",
+                          param="device")
+    return CUDADevice(index, reason=reason)
 
 
 def rank_device(spec, local_rank, local_size):
@@ -991,26 +1145,24 @@ def rank_device(spec, local_rank, local_size):
     local_rank, local_size = int(local_rank), int(local_size)
     if kind not in ("cuda", "auto") or local_size < 1:
         return get_device(spec)
-    st = cuda_status()
-    n = len(st["devices"]) if st["available"] else 0
-    if kind == "auto":
-        if not st["available"]:
-            return CPUDevice(reason=f"auto: using the CPU because {st['reason']}")
-        if local_size > n:
-            return CPUDevice(reason=f"auto: using the CPU because {local_size} processes run on this host "
-                                    f"but it has {n} GPU(s); launch at most {n} per host to use them")
-        return CUDADevice(local_rank, reason=f"auto: GPU {local_rank} of this host for local rank {local_rank}")
     if num:
         if local_size > 1:
             raise DeviceError(f"device {spec!r} would put all {local_size} processes of this host on one GPU; "
                               f"pass --device cuda to give each process its own (cuda:<local rank>)",
                               param="device")
         return get_device(spec)
-    if not st["available"]:
-        raise DeviceError(f"device {spec!r} is not usable: {st['reason']}. Use device='cpu' or 'auto'.",
-                          param="device")
-    if local_size > n:
+    # Each rank probes only the GPU it will use: its local rank's.
+    st = cuda_status(index=local_rank)
+    n = len(st["devices"])
+    if kind == "auto":
+        if local_size > n and n:
+            return CPUDevice(reason=f"auto: using the CPU because {local_size} processes run on this host "
+                                    f"but it has {n} GPU(s); launch at most {n} per host to use them")
+        if not st["available"]:
+            return CPUDevice(reason=f"auto: using the CPU because {st['reason']}")
+        return CUDADevice(local_rank, reason=f"auto: GPU {local_rank} of this host for local rank {local_rank}")
+    if n and local_size > n:
         raise DeviceError(f"{local_size} processes run on this host but it has {n} GPU(s) "
                           f"(cuda:0..cuda:{n - 1}); launch at most {n} per host (mpiexec -ppn {n}) or "
                           f"use --device cpu", param="device")
-    return CUDADevice(local_rank)
+    return _cuda_device(spec, local_rank)

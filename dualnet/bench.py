@@ -114,10 +114,14 @@ def dualnet_contenders(device, model_name, batch, dtype):
     x = device.asarray(rng.random((batch,) + shape), dtype)
     t = device.asarray(rng.integers(0, 10, batch))
 
+    def train():
+        with device.bind():
+            train_step(model, opt, x, t)
+
     def infer():
         with device.bind():
             model.predict(x, train=False)
-    return {"train": lambda: train_step(model, opt, x, t), "infer": infer}
+    return {"train": train, "infer": infer}
 
 
 def ops_per_step(device, model_name, batch, dtype):
@@ -128,11 +132,12 @@ def ops_per_step(device, model_name, batch, dtype):
     counting = CountingDevice(device)
     fns = dualnet_contenders(counting, model_name, batch, dtype)
     out = {}
-    for phase, fn in fns.items():
-        fn()
-        counting.ops = 0
-        fn()
-        out[phase] = counting.ops
+    with counting.bind():
+        for phase, fn in fns.items():
+            fn()
+            counting.ops = 0
+            fn()
+            out[phase] = counting.ops
     return out
 
 
@@ -213,20 +218,62 @@ def torch_contenders(torch, device, model_name, batch, dtype):
             net(x)
 
     def peak(fn):
+        """Bytes allocated at the peak of ``fn()`` beyond what was allocated before it, as
+        :meth:`dualnet.backend.Device.peak_memory` counts."""
         if not cuda:
-            return None
+            return None   # the CPU allocator reports nothing: see torch_cpu_peak
+        torch.cuda.synchronize(tdev)
         torch.cuda.reset_peak_memory_stats(tdev)
+        before = torch.cuda.memory_allocated(tdev)
         fn()
         torch.cuda.synchronize(tdev)
-        return int(torch.cuda.max_memory_allocated(tdev))
+        return int(torch.cuda.max_memory_allocated(tdev) - before)
 
     return {"train": train, "infer": infer}, (lambda: _TorchTimer(torch, cuda)), peak
+
+
+def torch_cpu_peak(model_name, batch, dtype, phase, timeout=120):
+    """PyTorch's peak host memory for one ``phase`` ("train" or "infer") of ``model_name``, in a
+    fresh process: the resident-set high water (``ru_maxrss``) after one call minus the resident
+    set before it.  PyTorch's CPU allocator reports to no tracer, so this is the measure that
+    exists; it counts pages touched, not bytes asked for, and includes what the first call sets up
+    (Adam's moments).  None when the child fails."""
+    import json
+    import subprocess
+    import sys
+    code = ("import json, resource, sys, torch; from dualnet import bench; torch.set_num_threads(%d); "
+            "fns, _, _ = bench.torch_contenders(torch, bench.get_device('cpu'), %r, %d, %r); "
+            "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize(); "
+            "before = rss(); fns[%r](); "
+            "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before))"
+            % (torch_threads(), model_name, batch, dtype, phase))
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                           env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                               [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                os.environ.get("PYTHONPATH", "")])})
+        return max(0, int(json.loads(r.stdout.strip().splitlines()[-1]))) if r.returncode == 0 else None
+    except (subprocess.TimeoutExpired, ValueError, IndexError, OSError):
+        return None
+
+
+def torch_threads():
+    try:
+        import torch
+        return torch.get_num_threads()
+    except Exception:  # no torch: the child fails and says so by returning nothing
+        return 1
 
 
 # --------------------------------------------------------------------------- layer micro-benchmarks
 def bench_layers(device, dtype, batch, steps, warmup, budget, gemm_n=None):
     """Conv 64->64 3x3 on 32x32 (forward, backward, achieved GEMM FLOP/s), a large GEMM as the
     device's measured peak, and the Adam update of SimpleConvNet's parameters."""
+    with device.bind():
+        return _bench_layers(device, dtype, batch, steps, warmup, budget, gemm_n)
+
+
+def _bench_layers(device, dtype, batch, steps, warmup, budget, gemm_n):
     from .layers import Convolution
     from .optimizers import Adam
     xp = device.xp
@@ -317,11 +364,14 @@ def run_bench(devices, models, batch_sizes, dtype="float32", steps=20, warmup=3,
                     if theirs is not None:
                         contenders["torch"] = (theirs[1], theirs[0][phase])
                         peaks["torch"] = theirs[2](theirs[0][phase])
+                        if peaks["torch"] is None and dev.is_host:
+                            peaks["torch"] = torch_cpu_peak(m, b, dtype, phase)
                     with dev.bind():
                         times = time_interleaved(contenders, steps, warmup, time_budget)
                     for impl, ts in times.items():
                         r = {**base, "model": m, "batch_size": b, "impl": impl, "phase": phase,
-                             "peak_mem_bytes": peaks[impl], **summarize(ts, b)}
+                             "peak_mem_bytes": peaks[impl], "peak_mem_method": _peak_method(impl, dev),
+                             **summarize(ts, b)}
                         if impl == "dualnet" and phase in ops:
                             r["ops_per_step"] = ops[phase]
                         records.append(r)
@@ -341,6 +391,14 @@ def run_bench(devices, models, batch_sizes, dtype="float32", steps=20, warmup=3,
     for w in warnings:
         log(f"warning: {w}")
     return {"environment": env, "records": records, "skipped": skipped, "warnings": warnings}
+
+
+def _peak_method(impl, dev):
+    """How ``peak_mem_bytes`` was measured: every measure is the peak of one call above what was
+    allocated before it."""
+    if dev.is_host:
+        return "tracemalloc" if impl == "dualnet" else "rss high water, fresh process"
+    return "cupy pool hook" if impl == "dualnet" else "torch.cuda.max_memory_allocated"
 
 
 def _line(r):
@@ -386,7 +444,7 @@ def table(result):
     peaks = {r["device"]: r["gflops"] for r in other if r["phase"] == "gemm_peak"}
     for r in other:
         if r["phase"] == "conv_forward" and r["device"] in peaks:
-            lines.append(f"{r['device']:>7} conv 64->64 3x3 forward (im2col + GEMM), GEMM FLOPs per second of "
+            lines.append(f"{r['device']:>7} conv 64->64 3x3 forward (method auto), GEMM FLOPs per second of "
                          f"the whole layer: {r['gflops']:.1f} GFLOP/s = {r['gflops'] / peaks[r['device']]:.0%} "
                          f"of the device's measured GEMM peak ({peaks[r['device']]:.1f} GFLOP/s)")
     for s in result["skipped"]:
@@ -447,9 +505,14 @@ def plot(result, path):
 
 
 def write_result(result, out_dir):
+    """bench.json, and bench.png where matplotlib is installed (GPU images may lack it: the
+    figure is then left out and None returned for it, the measurements are kept)."""
     jpath = write_json(os.path.join(out_dir, "bench.json"), result)
-    ppath = plot(result, os.path.join(out_dir, "bench.png"))
-    return jpath, ppath
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return jpath, None
+    return jpath, plot(result, os.path.join(out_dir, "bench.png"))
 
 
 # --------------------------------------------------------------------------- data-parallel

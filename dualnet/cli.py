@@ -586,7 +586,7 @@ def cmd_bench(args):
         print()
         print(table(result))
         j, p = write_result(result, args.out)
-    print(f"\nwrote {j} and {p}")
+    print(f"\nwrote {j} and {p}" if p else f"\nwrote {j} (no bench.png: matplotlib is not installed)")
     return 0
 
 

@@ -15,10 +15,11 @@ Shape letters and gradient names are those of :mod:`dualnet.functions`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 from . import functions as F
-from .backend import HostRNG, get_device, namespace
+from .backend import HostRNG, get_device, namespace, on_device_of
 from .errors import ConfigError, ShapeError
 from .init import weight_std
 
@@ -51,6 +52,10 @@ class Layer:
     """
 
     roles = {}
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        _bind_compute(cls)
 
     def __init__(self, *, device="cpu", dtype="float32", seed=0, weight_init="he"):
         self.device = get_device(device)
@@ -113,6 +118,33 @@ class Layer:
     def __repr__(self):
         kw = ", ".join(f"{k}={v!r}" for k, v in self._kwargs().items())
         return f"{type(self).__name__}({kw})"
+
+
+def _bind_compute(cls):
+    """Wrap the ``forward`` and ``backward`` a class defines in :func:`_bound`."""
+    for name in ("forward", "backward"):
+        if name in cls.__dict__:
+            setattr(cls, name, _bound(cls.__dict__[name]))
+
+
+def _bound(method):
+    """``method`` run under its layer's ``device.bind()``: a layer called alone computes on its
+    own GPU (CuPy allocates on the current one, whatever ``device=`` says) -- the device of the
+    layer for a :class:`Layer`, of the input for a :class:`Loss`."""
+    def run(self, x=None, *args, **kw):
+        dev = getattr(self, "device", None)
+        if dev is not None:
+            ctx = dev.bind()
+        elif x is not None and hasattr(x, "shape"):
+            self._bind = on_device_of(x)  # a loss: its input's device, kept for backward
+            ctx = self._bind
+        else:
+            ctx = getattr(self, "_bind", None) or contextlib.nullcontext()
+        with ctx:
+            return method(self, *args, **kw) if x is None else method(self, x, *args, **kw)
+    run.__name__, run.__qualname__, run.__doc__ = method.__name__, method.__qualname__, method.__doc__
+    run.__wrapped__ = method
+    return run
 
 
 def _output_size(size, k, stride, pad, what):
@@ -404,13 +436,19 @@ class Dropout(Layer):
         return {"ratio": self.ratio}
 
     def set_seed(self, seed):
-        """Re-seed the device generator that draws the masks."""
+        """Re-seed the device generator that draws the masks (training does this every step).
+
+        The generator is made once per device and then only re-seeded: on CuPy a new generator
+        is a cuRAND generator created, and later destroyed, per step."""
         self.seed = int(seed)
-        self.rng = self.device.rng(self.seed)
+        if getattr(self, "_rng_device", None) is self.device:
+            self.rng.reseed(self.seed)
+        else:
+            self.rng, self._rng_device = self.device.rng(self.seed), self.device
 
     def to(self, device=None, dtype=None):
         super().to(device, dtype)
-        self.set_seed(self.seed)  # a generator of the new device
+        self.set_seed(self.seed)  # a generator of the new device, if it changed
         return self
 
     def forward(self, x, train=False):
@@ -428,7 +466,12 @@ class Dropout(Layer):
 class Loss:
     """Base of loss layers: ``forward(scores, t)`` returns the mean loss (0-d array) of a batch
     against labels ``t``; ``backward(dout=1.0)`` returns d loss / d scores.  A loss has no
-    parameters, so it is not a :class:`Layer` and has no ``train`` flag."""
+    parameters, so it is not a :class:`Layer` and has no ``train`` flag; it computes on the
+    device of its scores."""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        _bind_compute(cls)
 
     def spec(self):
         return {"type": type(self).__name__}

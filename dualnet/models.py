@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from . import functions as F
-from .backend import HostRNG, get_device, namespace
+from .backend import HostRNG, get_device, namespace, on_device_of
 from .errors import ConfigError, DTypeError, ShapeError
 from .layers import (Affine, BatchNormalization, Convolution, Dropout, MaxPooling, ReLU, Sigmoid,
                      SoftmaxWithLoss, Tanh, _check_dtype, layer_from_spec)
@@ -25,9 +25,10 @@ def count_correct(scores, t):
     t : (N,) integer labels or (N, K) one-hot.  No host sync: the count stays on the device.
     """
     xp = namespace(scores)
-    if t.ndim == 2:
-        t = xp.argmax(t, axis=1)
-    return xp.count_nonzero(xp.argmax(scores, axis=1) == t)
+    with on_device_of(scores):
+        if t.ndim == 2:
+            t = xp.argmax(t, axis=1)
+        return xp.count_nonzero(xp.argmax(scores, axis=1) == t)
 
 
 class ParamDict(dict):
@@ -201,9 +202,10 @@ class Sequential:
             return 0.0
         xp = self.device.xp
         total = 0.0
-        for _, _, p in self._weights():
-            total = total + (0.5 * xp.sum(p * p) if self.regularization == "l2" else xp.sum(xp.abs(p)))
-        return self.weight_decay * total
+        with self.device.bind():
+            for _, _, p in self._weights():
+                total = total + (0.5 * xp.sum(p * p) if self.regularization == "l2" else xp.sum(xp.abs(p)))
+            return self.weight_decay * total
 
     def loss(self, x, t, train=False):
         """Mean loss (0-d device array) of a batch, plus the weight-decay penalty.
@@ -215,6 +217,10 @@ class Sequential:
         sync (on the CPU).  On an accelerator the range is checked once, where the data is
         placed (:class:`dualnet.training.BatchSource`).
         """
+        with self.device.bind():
+            return self._loss(x, t, train)
+
+    def _loss(self, x, t, train):
         self.device.check(t, "labels")
         xp = self.device.xp
         K = self.output_shape[-1]
@@ -282,6 +288,10 @@ class Sequential:
 
     def count_correct(self, x, t, batch_size=1000):
         """Number of correct predictions as a 0-d device array (no host sync)."""
+        with self.device.bind():
+            return self._count_correct(x, t, batch_size)
+
+    def _count_correct(self, x, t, batch_size):
         self.device.check(t, "labels")
         correct, N = None, x.shape[0]
         if t.shape[0] != N:

@@ -181,7 +181,7 @@ class BatchSource:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}",
                               param="batch_size")
         self.x_host, self.t_host, self.device, self.dtype = x, t, device, dtype
-        self.augment = None
+        self.augment, self._aug_rng = None, None
         if augment:
             shift, flip = augment
             if x.ndim != 4:
@@ -198,13 +198,19 @@ class BatchSource:
                 with device.bind():
                     flip = device.asarray([k in classes for k in range(K)])
             self.augment = (int(shift), flip)
-        itemsize = 8 if dtype == "float64" else 4
-        nbytes = x.size * itemsize + t.nbytes
-        self.on_device = nbytes < 0.5 * device.free_memory() if on_device is None else bool(on_device)
+        self.on_device = BatchSource.fits(device, dtype, (x, t)) if on_device is None else bool(on_device)
         if self.on_device:
             with device.bind():
                 self.x = device.asarray(x, dtype)
                 self.t = device.asarray(t)
+
+    @staticmethod
+    def fits(device, dtype, *splits):
+        """Whether the host splits ``(x, t), ...`` together, ``x`` in ``dtype``, take less than half
+        of ``device``'s free memory (what :class:`Trainer` asks before placing its three sets)."""
+        itemsize = 8 if dtype == "float64" else 4
+        nbytes = sum(x.size * itemsize + t.nbytes for x, t in splits)
+        return nbytes < 0.5 * device.free_memory()
 
     @property
     def num_samples(self):
@@ -253,7 +259,11 @@ class BatchSource:
         ``flip`` is True (any image), False, or a per-class flag array indexed by the labels ``tb``."""
         shift, flip = self.augment
         xp = self.device.xp
-        u = self.device.rng(seed).uniform((3, n), xb.dtype)[:, lo:lo + xb.shape[0]]
+        if self._aug_rng is None:   # one generator, re-seeded per batch (cheap; a new one is not on CuPy)
+            self._aug_rng = self.device.rng(seed)
+        else:
+            self._aug_rng.reseed(seed)
+        u = self._aug_rng.uniform((3, n), xb.dtype)[:, lo:lo + xb.shape[0]]
         k = 2 * shift + 1
         dy = xp.astype(xp.floor(u[0, :] * k), xp.int64) - shift
         dx = xp.astype(xp.floor(u[1, :] * k), xp.int64) - shift
@@ -358,8 +368,12 @@ class Trainer:
         self._signals = _DeferSignals()
         self.device = model.device
         classes = model.output_shape[-1] if getattr(model, "output_shape", None) else None
+        splits = [(data.x_train, data.t_train), (data.x_test, data.t_test)]
+        if getattr(data, "x_val", None) is not None:
+            splits.append((data.x_val, data.t_val))
+        fits = BatchSource.fits(self.device, model.dtype, *splits)  # all three sets count
         self.train = BatchSource(data.x_train, data.t_train, self.device, model.dtype, batch_size,
-                                 num_classes=classes, what="training set", augment=augment)
+                                 on_device=fits, num_classes=classes, what="training set", augment=augment)
         self._warm = False
         self.test = BatchSource(data.x_test, data.t_test, self.device, model.dtype, self.eval_batch,
                                 on_device=self.train.on_device, num_classes=classes, what="test set")

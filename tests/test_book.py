@@ -183,7 +183,10 @@ def test_ch6_dropout_with_the_trainer(book_env):
     ns = run_script("CH6_OVERFIT_DROPOUT")
     tr = ns["trainer"]
     assert len(ns["train_acc_list"]) == len(ns["test_acc_list"]) == 8
-    assert ns["test_acc_list"][-1] > 0.3
+    # It learns, whatever stream draws the masks (cuRAND's on a GPU is not NumPy's): over NumPy's
+    # stream and 20 Philox streams the last test accuracy was 0.34-0.53 (mean 0.44, sd 0.045),
+    # from 0.05-0.14 after the first epoch; twice chance (0.1) is 5 sd below that mean.
+    assert ns["test_acc_list"][-1] > 0.2
     assert len(tr.train_loss_list) == tr.max_iter == 24
     assert all(type(v) is float and math.isfinite(v) for v in tr.train_loss_list)
     assert on_device(dev, tr.x_train, tr.t_train, *ns["network"].params.values())

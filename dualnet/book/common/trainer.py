@@ -110,12 +110,9 @@ class Trainer:
         if self._on_device:
             xp = self._device.xp
             with self._device.bind():
-                u = self._rng.uniform((b,), xp.float64)
-                idx = xp.clip(xp.astype(xp.floor(u * n), xp.int64), 0, n - 1)
+                idx = _indices(xp, self._rng.uniform((b,), xp.float64), n)
                 return xp.take(self.x_train, idx, axis=0), xp.take(self.t_train, idx, axis=0)
-        hxp = host().xp
-        idx = hxp.clip(hxp.astype(hxp.floor(self._rng.uniform((b,), hxp.float64) * n), hxp.int64),
-                       0, n - 1)
+        idx = _indices(host().xp, self._rng.uniform((b,), host().xp.float64), n)
         return self.x_train[idx], self.t_train[idx]
 
     def _flush(self):
@@ -166,3 +163,11 @@ class Trainer:
         if self.verbose:
             print("=============== Final Test Accuracy ===============")
             print("test acc:" + str(self.final_test_acc))
+
+
+def _indices(xp, u, n):
+    """Indices floor(u * n) in 0..n-1 for u uniform in [0, 1).  ``% n`` maps the one value that
+    rounding can reach, n, back into range.  (Not ``xp.clip``: array-api-compat's clip for CuPy
+    assigns through boolean masks, and each such assignment reads the mask's size back to the
+    host -- a device sync.)"""
+    return xp.astype(xp.floor(u * n), xp.int64) % n
