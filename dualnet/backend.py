@@ -448,9 +448,7 @@ class _SimBind:
 
 def _peak_hook(cupy, index):
     """A CuPy memory hook that tracks the high water of bytes taken from GPU ``index``'s pool."""
-    from cupy.cuda import memory_hook
-
-    class PeakHook(memory_hook.MemoryHook):
+    class PeakHook(cupy.cuda.MemoryHook):
         name = "DualnetPeakHook"
 
         def __init__(self):

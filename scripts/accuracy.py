@@ -44,7 +44,7 @@ def main():
             cmd = [sys.executable, "-m", "dualnet", "train", "--device", a.device, "--out", run_dir,
                    "--no-progress", "--no-plots", *args] + (["--data-dir", a.data_dir] if a.data_dir else [])
             print("$ dualnet " + " ".join(cmd[3:]), flush=True)
-            p = subprocess.run(cmd, cwd=root, env={**os.environ, "PYTHONPATH": root}, text=True,
+            p = subprocess.run(cmd, cwd=root, env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}, text=True,
                                capture_output=True)
             print(p.stdout[-2000:], p.stderr[-1000:], flush=True)
             if p.returncode != 0:

@@ -9,7 +9,7 @@ _CUDA = cuda_status()
 
 DEVICES = [
     pytest.param("cpu", id="cpu"),
-    pytest.param("sim", id="sim"),
+    pytest.param("sim", id="sim", marks=[pytest.mark.sim]),
     pytest.param("cuda", id="cuda", marks=[
         pytest.mark.gpu,
         pytest.mark.skipif(not _CUDA["available"], reason=f"no usable GPU: {_CUDA['reason']}")]),

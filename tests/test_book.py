@@ -205,7 +205,8 @@ def test_ch7_train_convnet_as_a_script(book_env, mnist_dir, tmp_path):
     dev = book_env
     script = tmp_path / "train_convnet.py"
     script.write_text(B.CH7_TRAIN_CONVNET)
-    env = {**os.environ, "PYTHONPATH": ROOT}
+    # the checkout first, and every folder the environment already names (a GPU image's wheels)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
     r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
