@@ -64,8 +64,14 @@ def choose(g, host=True):
     docs/convolution.md.
     """
     if not host:
-        # Launches are what cost on a GPU, and "gemm" is the fewest, largest kernels.
+        # A GPU (and the simulated device standing in for one) pays per launch, and "gemm" is
+        # the fewest, largest kernels: one copy per tap and one GEMM per product.  "shift" takes
+        # FH*FW GEMMs on strided slices (CuPy copies each), "im2col"'s batched dW product copies
+        # the columns, "rows" cuts the batch into cache-sized blocks with their own kernels.
         return "gemm"
+    # The CPU: "rows" for stride 1 (its cache-sized blocks win once there are channels to fill
+    # them), the book's im2col where few channels meet a stride or a large filter, "gemm" for
+    # strided layers with many channels.  Measured step and layer times: docs/convolution.md.
     if g.stride != 1:
         return "im2col" if g.C < 8 else "gemm"
     if g.C < 8 and g.taps > 9:
