@@ -238,6 +238,8 @@ class Affine(Layer):
         xp = namespace(x)
         W, b = self.params["W"], self.params["b"]
         self.x_shape = x.shape
+        # x may be a batch-innermost map (dualnet.conv.layout): merging its (C, H, W) axes is a
+        # view in either memory order, and matmul takes the transposed (N, D) matrix as it is
         x2 = xp.reshape(x, (x.shape[0], -1))
         if x2.shape[1] != W.shape[0]:
             raise ShapeError(f"Affine: input of shape {tuple(x.shape)} has {x2.shape[1]} features "

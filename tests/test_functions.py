@@ -104,7 +104,7 @@ def test_conv2d_matches_direct_loops(device, rng, C, H, W, FN, FH, FW, stride, p
 
 
 @pytest.mark.parametrize("H,FH,FW,stride,pad", [(7, 3, 3, 1, 0), (7, 3, 3, 1, 1), (8, 2, 2, 2, 0),
-                                                 (7, 3, 3, 2, 1)])
+                                                 (7, 3, 3, 2, 1), (8, 3, 3, 2, 1), (7, 2, 2, 2, 0)])
 def test_col2im_is_adjoint_of_im2col(device, rng, H, FH, FW, stride, pad):
     x = rng.standard_normal((2, 3, H, H))
     col = F.im2col(device.asarray(x, "float64"), FH, FW, stride, pad)
@@ -115,7 +115,7 @@ def test_col2im_is_adjoint_of_im2col(device, rng, H, FH, FW, stride, pad):
 
 
 @pytest.mark.parametrize("H,PH,PW,stride,pad", [(8, 2, 2, 2, 0), (7, 3, 3, 2, 1), (6, 3, 3, 1, 0),
-                                                 (6, 2, 3, 1, 1)])
+                                                 (6, 2, 3, 1, 1), (7, 2, 2, 2, 0), (8, 3, 3, 2, 1)])
 def test_pooling_matches_direct_loops(device, rng, H, PH, PW, stride, pad):
     x = rng.standard_normal((2, 3, H, H + (PW - PH)))
     out, _ = F.max_pool2d(device.asarray(x, "float64"), PH, PW, stride, pad)
@@ -150,12 +150,14 @@ def test_shapes_that_do_not_fit_name_the_shapes(device, rng):
 
 # --------------------------------------------------------------------------- convolution methods
 # (C, H, W, FN, FH, FW, stride, pad): 1 channel, 3x3 and 5x5, non-square maps and filters,
-# stride 1/2/3, pad 0/1/2.
+# stride 1/2/3, pad 0/1/2, and geometries whose stride does not divide the span.
 CONV_CASES = [
     (1, 7, 7, 2, 3, 3, 1, 0), (1, 8, 8, 3, 3, 3, 1, 1), (1, 12, 12, 3, 5, 5, 1, 0),
     (3, 8, 6, 4, 3, 3, 1, 1), (4, 6, 6, 5, 3, 3, 1, 2), (3, 5, 7, 2, 5, 3, 1, 2),
     (2, 9, 9, 3, 3, 3, 2, 0), (2, 9, 7, 3, 3, 3, 2, 1), (2, 8, 8, 3, 2, 2, 2, 0),
     (3, 9, 9, 2, 3, 3, 2, 2), (1, 10, 10, 1, 4, 4, 3, 0), (2, 11, 9, 3, 5, 5, 2, 2),
+    # floored output sizes: some input rows/columns reached by no window
+    (2, 8, 8, 3, 3, 3, 2, 1), (2, 7, 7, 3, 2, 2, 2, 0), (1, 9, 8, 2, 3, 3, 3, 1),
 ]
 EXPLICIT_METHODS = list(conv.METHODS)
 
@@ -308,7 +310,8 @@ def max_pool_backward_reference(x, dout, PH, PW, stride, pad):
 
 
 @pytest.mark.parametrize("H,PH,PW,stride,pad", [(8, 2, 2, 2, 0), (7, 3, 3, 2, 1), (6, 3, 3, 1, 0),
-                                                 (6, 2, 3, 1, 1), (9, 3, 3, 3, 0)])
+                                                 (6, 2, 3, 1, 1), (9, 3, 3, 3, 0), (7, 2, 2, 2, 0),
+                                                 (8, 3, 3, 3, 0)])
 def test_max_pool_backward_first_tie_on_quantized_inputs(device, rng, H, PH, PW, stride, pad):
     """Inputs on a coarse grid (like 8-bit images after ReLU), so most windows hold ties;
     overlapping windows add their routed gradients."""

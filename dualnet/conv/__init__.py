@@ -115,8 +115,8 @@ def conv2d(x, W, b, stride=1, pad=0, method="auto", host=None):
     saved : NamedTuple   what :func:`conv2d_backward` needs (its ``method`` names the method)
     """
     g = ConvGeometry.of(x.shape, W.shape, stride, pad)
-    if host is None:
-        host = array_device(x) == "cpu"
+    if method == "auto" and host is None:
+        host = array_device(x) == "cpu"   # NumPy's arrays; CuPy's and the simulated ones are not
     return resolve(method, g, host).forward(x, W, b, g)
 
 
