@@ -67,6 +67,7 @@ import time
 
 from .backend import CPUDevice, CUDADevice, Device, cuda_device, cuda_status, get_device
 from .errors import DeviceError, DualnetError
+from .seeds import rank_seed
 
 __all__ = ["Communicator", "SelfComm", "MPIComm", "init", "launch_info", "DistributedError", "RankLost",
            "EXIT_RANK_LOST", "DEFAULT_TIMEOUT"]
@@ -162,7 +163,7 @@ class Communicator:
     def rank_seed(self, seed):
         """A per-rank seed (dropout masks): ``seed`` itself on rank 0, so one process draws
         what a single-process run draws."""
-        return (int(seed) + self.rank * 0x9E3779B1) % (2 ** 32)
+        return rank_seed(seed, self.rank)
 
     # -- the gradient all-reduce -------------------------------------------------------
     def reduce_hook(self, local_n, global_n):
