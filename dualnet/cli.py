@@ -647,6 +647,8 @@ def main(argv=None):
     _COMM = None  # set by a command that runs under mpiexec
     ap = build_parser()
     args = ap.parse_args(argv)
+    from .backend import tune_allocator
+    tune_allocator()  # the process is ours: keep freed blocks for the next step
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "gradcheck": cmd_gradcheck,
                 "info": cmd_info, "bench": cmd_bench, "study": cmd_study}
     try:

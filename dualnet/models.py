@@ -10,6 +10,7 @@ import math
 from . import conv
 from .backend import HostRNG, get_device, namespace, on_device_of
 from .errors import ConfigError, DTypeError, ShapeError
+from .seeds import layer_seed
 from .layers import (Affine, BatchNormalization, Convolution, Dropout, MaxPooling, ReLU, Sigmoid,
                      SoftmaxWithLoss, Tanh, _check_dtype, layer_from_spec)
 
@@ -161,7 +162,7 @@ class Sequential:
         """Re-seed the device generators of the dropout layers (each its own stream)."""
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Dropout):
-                layer.set_seed(int(seed) * 1009 + i)
+                layer.set_seed(layer_seed(seed, i))
 
     def set_conv_method(self, method):
         """Use convolution algorithm ``method`` in every convolution layer."""

@@ -33,6 +33,7 @@ from .errors import CheckpointError, ConfigError, DataError, DTypeError, ShapeEr
 from .io import RunDir, WriteError
 from .distributed import SelfComm
 from .models import count_correct
+from .seeds import SHUFFLE, batch_seed, epoch_seed, step_seed
 
 __all__ = ["train_step", "BatchSource", "train_steps", "Trainer", "TrainingDiverged", "epoch_seed",
            "step_seed", "Interrupted"]
@@ -55,16 +56,6 @@ def train_step(model, optimizer, x, t, reduce=None):
     model.backward()
     optimizer.update(model.params, model.grads, reduce=reduce)
     return loss, count_correct(model.scores, t)
-
-
-def epoch_seed(seed, epoch, stream):
-    """The seed of one epoch's random stream (0: shuffle, 1: dropout masks)."""
-    return (int(seed) * 1_000_003 + int(epoch) * 7919 + stream) % (2 ** 32)
-
-
-def step_seed(seed, epoch, step):
-    """The seed of the dropout masks of step ``step`` (0-based, within the epoch) of ``epoch``."""
-    return (epoch_seed(seed, epoch, 1) * 1_000_033 + int(step) * 104_729) % (2 ** 32)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -249,7 +240,7 @@ class BatchSource:
             lo, hi = shard(b - a) if shard is not None else (0, b - a)
             xb, tb = self.batch(perm[a + lo:a + hi])
             if self.augment is not None:
-                xb = self._augmented(xb, tb, (seed * 1_000_003 + i * 7919 + 17) % (2 ** 32), b - a, lo)
+                xb = self._augmented(xb, tb, batch_seed(seed, i), b - a, lo)
             yield xb, tb
 
     def _augmented(self, xb, tb, seed, n, lo):
@@ -559,7 +550,7 @@ class Trainer:
         t0 = time.perf_counter()
         comm = self.comm
         shard, weights = (comm.shard if comm.distributed else None), []
-        for i, (xb, tb) in enumerate(src.epoch(epoch_seed(self.seed, epoch, 0), start=start, shard=shard),
+        for i, (xb, tb) in enumerate(src.epoch(epoch_seed(self.seed, epoch, SHUFFLE), start=start, shard=shard),
                                      start=start):
             if self._dropout:
                 m.set_seed(comm.rank_seed(step_seed(self.seed, epoch, i)))  # masks differ per rank

@@ -59,7 +59,7 @@ import numpy as np  # noqa: E402  (after the thread variables)
 
 from dualnet import conv, functions as F  # noqa: E402
 from dualnet.conv import ConvGeometry  # noqa: E402
-from dualnet.backend import CountingDevice, get_device  # noqa: E402
+from dualnet.backend import CountingDevice, get_device, tune_allocator  # noqa: E402
 
 
 # --------------------------------------------------------------------------- the layers
@@ -274,6 +274,7 @@ def main():
             with open(a.out, "w") as f:
                 json.dump({"counts": res}, f, indent=1)
         return
+    tune_allocator()
     dev = get_device("cpu")
     xp = dev.xp
     torch = None if a.no_torch else _torch()

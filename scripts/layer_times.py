@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402  (after the thread variables)
 
 from dualnet import conv  # noqa: E402
-from dualnet.backend import get_device  # noqa: E402
+from dualnet.backend import get_device, tune_allocator  # noqa: E402
 from dualnet.layers import Convolution  # noqa: E402
 from dualnet.models import build_model  # noqa: E402
 from dualnet.optimizers import Adam  # noqa: E402
@@ -65,6 +65,7 @@ def layer_name(layer, x_shape):
 
 def main():
     a = ARGS
+    tune_allocator()
     dev = get_device("cpu")
     model = build_model(a.model, (1, 28, 28), 10, device=dev)
     if a.conv != "auto":

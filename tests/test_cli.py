@@ -172,7 +172,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, device):
 
 @pytest.mark.slow
 def test_fashion_mnist_one_epoch_reaches_085(tmp_path, capsys, device):
-    """Issue 3's bar: simple_convnet, 1 epoch, >= 0.85 (about 20 s on 2 CPU cores)."""
+    """The README's promise: simple_convnet, 1 epoch, >= 0.85 (about 20 s on 2 CPU cores)."""
     if not os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
         pytest.skip("Debian package dataset-fashion-mnist is not installed")
     code, out, err = run(capsys, "train", "--dataset", "fashion-mnist", "--model", "simple_convnet",
