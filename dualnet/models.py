@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from . import functions as F
+from . import conv
 from .backend import HostRNG, get_device, namespace, on_device_of
 from .errors import ConfigError, DTypeError, ShapeError
 from .seeds import layer_seed
@@ -168,9 +168,9 @@ class Sequential:
         """Use convolution algorithm ``method`` in every convolution layer."""
         for layer in self.layers:
             if isinstance(layer, Convolution):
-                if method not in F.CONV_METHODS:
+                if method not in conv.method_names():
                     raise ConfigError(f"unknown convolution method {method!r}; choose one of "
-                                      f"{', '.join(F.CONV_METHODS)}", param="conv_method")
+                                      f"{', '.join(conv.method_names())}", param="conv_method")
                 layer.method = method
 
     def __repr__(self):

@@ -109,8 +109,9 @@ def test_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert code == 2 and err.startswith("dualnet: error:") and err.count("\n") == 1
     code, _, err = run(capsys, "train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--device", "cpu")
     assert code == 2 and "cifar10 not found" in err and "Traceback" not in err
-    code, _, err = run(capsys, "train", "--model", "deep_convnet", "--device", "cpu", "--no-progress")
-    assert code == 2 and "fractional output size" in err
+    code, _, err = run(capsys, "train", "--model", "simple_convnet", "--dropout", "0.3", "--device", "cpu",
+                       "--no-progress")
+    assert code == 2 and "--dropout applies to mlp and deep_convnet, not simple_convnet" in err
     code, _, err = run(capsys, "evaluate", "--checkpoint", str(tmp_path / "none.npz"), "--device", "cpu")
     assert code == 2 and "does not exist" in err
 
