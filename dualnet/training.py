@@ -336,6 +336,11 @@ class Trainer:
     def __init__(self, model, optimizer, data, epochs=1, batch_size=100, schedule=None, out_dir=None,
                  log_every=50, progress=True, seed=0, eval_batch=1000, eval_train_samples=10000,
                  config=None, log=print, comm=None, augment=None):
+        if not getattr(getattr(model, "loss_layer", None), "classifies", True):
+            raise ConfigError(f"Trainer reports accuracies, which a regression model "
+                              f"({type(model.loss_layer).__name__} loss) has none of; train it with "
+                              f"dualnet.training.train_steps(model, optimizer, BatchSource(x, t, ...), "
+                              f"iters), which returns the losses")
         self.model, self.opt, self.data = model, optimizer, data
         self.epochs = int(epochs)
         self.schedule, self.out_dir = schedule, out_dir

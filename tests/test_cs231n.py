@@ -137,7 +137,7 @@ def test_notebook_runs_and_meets_its_checks(course_env):
     assert ns["grid"].shape == (8 * 32 + 7 * 3, 8 * 32 + 7 * 3, 3) and ns["grid"].max() == 255
     # ... computed on the device the environment named
     net = ns["best_net"]
-    assert net.device == dev and all(dev.owns(a) for a in net._dev.values())
+    assert net.device == dev and all(dev.owns(a) for a in net._weights.values())
 
 
 def test_gradient_check_edits_reach_the_device(course_env):

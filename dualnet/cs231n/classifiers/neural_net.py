@@ -101,45 +101,45 @@ class _HostParams:
         self._net = net
 
     def __getitem__(self, key):
-        arr = self._net._host[self._key(key)]
+        arr = self._net._mirror[self._key(key)]
         self._net._handed.add(key)
         return arr
 
     def __setitem__(self, key, value):
-        old = self._net._host[self._key(key)]
+        old = self._net._mirror[self._key(key)]
         new = np.array(value, dtype=np.float64)
         if new.shape != old.shape:
             raise ShapeError(f"params[{key!r}] has shape {old.shape} but the value has shape "
                              f"{new.shape}; assign an array of shape {old.shape}")
-        self._net._host[key] = new
+        self._net._mirror[key] = new
         self._net._handed.add(key)
 
     def _key(self, key):
-        if key not in self._net._host:
+        if key not in self._net._mirror:
             raise KeyError(f"TwoLayerNet has no parameter {key!r}; its parameters are "
-                           f"{', '.join(self._net._host)}")
+                           f"{', '.join(self._net._mirror)}")
         return key
 
     def __contains__(self, key):
-        return key in self._net._host
+        return key in self._net._mirror
 
     def __iter__(self):
-        return iter(self._net._host)
+        return iter(self._net._mirror)
 
     def __len__(self):
-        return len(self._net._host)
+        return len(self._net._mirror)
 
     def keys(self):
-        return self._net._host.keys()
+        return self._net._mirror.keys()
 
     def items(self):
-        return [(k, self[k]) for k in self._net._host]
+        return [(k, self[k]) for k in self._net._mirror]
 
     def values(self):
-        return [self[k] for k in self._net._host]
+        return [self[k] for k in self._net._mirror]
 
     def __repr__(self):
-        return "{" + ", ".join(f"{k!r}: array{v.shape}" for k, v in self._net._host.items()) + "}"
+        return "{" + ", ".join(f"{k!r}: array{v.shape}" for k, v in self._net._mirror.items()) + "}"
 
 
 # ----------------------------------------------------------------------------- the net
@@ -164,11 +164,11 @@ class TwoLayerNet:
                               f"positive sizes, e.g. TwoLayerNet(3072, 50, 10)")
         self._device = env_device()     # DUALNET_DEVICE; an unknown one is refused here
         self._dtype = env_dtype()
-        self._host = {"W1": std * np.random.randn(D, H), "b1": np.zeros(H),
+        self._mirror = {"W1": std * np.random.randn(D, H), "b1": np.zeros(H),
                       "W2": std * np.random.randn(H, C), "b2": np.zeros(C)}
         # On the host in float64 the device arrays are these very arrays (asarray copies nothing).
         self._shared = self._device.is_host and self._dtype == "float64"
-        self._dev = {k: self._device.asarray(v, self._dtype) for k, v in self._host.items()}
+        self._weights = {k: self._device.asarray(v, self._dtype) for k, v in self._mirror.items()}
         self._handed = set()
         self.params = _HostParams(self)
 
@@ -181,23 +181,23 @@ class TwoLayerNet:
     def _push(self):
         """Copy the host arrays the caller may have changed to the device."""
         if self._shared:
-            self._dev = self._host   # assignments through params replace host arrays
+            self._weights = self._mirror   # assignments through params replace host arrays
             return
         for k in self._handed:
-            self._dev[k] = self._device.asarray(self._host[k], self._dtype)
+            self._weights[k] = self._device.asarray(self._mirror[k], self._dtype)
 
     def _pull(self):
         """Write the device parameters into the host arrays, in place (held references see it)."""
         if self._shared:
             return
-        for k, v in self._dev.items():
-            self._host[k][...] = self._device.to_numpy(v)
+        for k, v in self._weights.items():
+            self._mirror[k][...] = self._device.to_numpy(v)
 
     def _in(self, X, what):
-        if getattr(X, "ndim", 2) != 2 or X.shape[1] != self._host["W1"].shape[0]:
+        if getattr(X, "ndim", 2) != 2 or X.shape[1] != self._mirror["W1"].shape[0]:
             raise ShapeError(f"{what} has shape {tuple(np.shape(X))} but the net takes rows of "
-                             f"{self._host['W1'].shape[0]} features, (N, "
-                             f"{self._host['W1'].shape[0]}); reshape it, e.g. X.reshape(N, -1)")
+                             f"{self._mirror['W1'].shape[0]} features, (N, "
+                             f"{self._mirror['W1'].shape[0]}); reshape it, e.g. X.reshape(N, -1)")
         return self._device.asarray(X, self._dtype)
 
     def _labels(self, y):
@@ -214,16 +214,16 @@ class TwoLayerNet:
             self._push()
             x = self._in(X, "X")
             if y is None:
-                scores, _ = two_layer_scores(x, *(self._dev[k] for k in ("W1", "b1", "W2", "b2")))
+                scores, _ = two_layer_scores(x, *(self._weights[k] for k in ("W1", "b1", "W2", "b2")))
                 return self._out(scores)
-            loss, grads = two_layer_loss(x, self._labels(y), self._dev, float(reg))
+            loss, grads = two_layer_loss(x, self._labels(y), self._weights, float(reg))
             return float(self._device.to_numpy(loss)), {k: self._out(g) for k, g in grads.items()}
 
     def predict(self, X):
         """Predicted labels (N,) as a host int64 array."""
         with self._device.bind():
             self._push()
-            return np.asarray(self._device.to_numpy(_predict(self._in(X, "X"), self._dev)),
+            return np.asarray(self._device.to_numpy(_predict(self._in(X, "X"), self._weights)),
                               dtype=np.int64)
 
     def train(self, X, y, X_val, y_val, learning_rate=1e-3, learning_rate_decay=0.95, reg=5e-6,
@@ -253,15 +253,15 @@ class TwoLayerNet:
                     idx = dev.asarray(block)
                 batch = idx[it % _INDEX_BLOCK, :]
                 xb, tb = xp.take(x, batch, axis=0), xp.take(t, batch, axis=0)
-                loss, grads = two_layer_loss(xb, tb, self._dev, float(reg))
+                loss, grads = two_layer_loss(xb, tb, self._weights, float(reg))
                 for k, g in grads.items():
-                    self._dev[k] -= lr * g          # in place: on cpu the host arrays too
+                    self._weights[k] -= lr * g          # in place: on cpu the host arrays too
                 losses.append(loss)
                 if verbose and it % 100 == 0:
                     print(f"iteration {it} / {num_iters}: loss {float(dev.to_numpy(loss)):f}")
                 if it % per_epoch == 0:
-                    train_acc.append(xp.mean(xp.astype(_predict(xb, self._dev) == tb, x.dtype)))
-                    val_acc.append(xp.mean(xp.astype(_predict(xv, self._dev) == tv, x.dtype)))
+                    train_acc.append(xp.mean(xp.astype(_predict(xb, self._weights) == tb, x.dtype)))
+                    val_acc.append(xp.mean(xp.astype(_predict(xv, self._weights) == tv, x.dtype)))
                     lr *= float(learning_rate_decay)
             self._pull()
             history = {name: [float(v) for v in dev.to_numpy(xp.stack(vals))] if vals else []
