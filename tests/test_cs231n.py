@@ -16,7 +16,7 @@ import pytest
 
 import cs231n_notebook as NB
 
-from dualnet.errors import DataError, DeviceError, DTypeError, ShapeError
+from dualnet.errors import DataError, DeviceError, DTypeError, DualnetError, ShapeError
 
 RECONSTRUCT = np.zeros(0).__reduce__()[0]
 
@@ -186,8 +186,13 @@ def test_training_history_and_decay_follow_the_course(course_env, capsys):
     assert printed.count("iteration ") == 13 and "iteration 1200 / 1201: loss" in printed
     with pytest.raises(ShapeError, match=r"X has shape \(3, 7\).*8 features"):
         net.loss(np.zeros((3, 7)))
-    with pytest.raises(KeyError, match="no parameter 'W3'.*W1, b1, W2, b2"):
+    with pytest.raises(KeyError, match="no parameter 'W3'.*W1, b1, W2, b2") as e:
         net.params["W3"]
+    assert isinstance(e.value, DualnetError)
+    snapshot = net.params.copy()
+    assert type(snapshot) is dict and snapshot["W1"] is not net.params["W1"]
+    np.testing.assert_array_equal(snapshot["W2"], net.params["W2"])
+    assert dict(net.params.items()).keys() == {"W1", "b1", "W2", "b2"} and "W1" in net.params
     with pytest.raises(ShapeError, match=r"params\['W1'\] has shape \(8, 6\).*\(6, 8\)"):
         net.params["W1"] = np.zeros((6, 8))
 
@@ -299,3 +304,31 @@ def test_planted_batch_is_refused_and_its_code_never_runs(tmp_path):
         load_CIFAR10(str(root))
     with pytest.raises(DataError, match="not a folder"):
         load_CIFAR10(str(tmp_path / "nowhere"))
+
+
+def test_training_steps_cross_to_the_host_a_fixed_number_of_times(monkeypatch):
+    """Copies between host and device in ``train`` do not grow with the number of steps (up to
+    the 1000 iterations whose batch indices go over at once), and ``verbose`` adds one read per
+    100 iterations; counted on the simulated device, whose transfers are the device's methods."""
+    from dualnet.cs231n.classifiers.neural_net import TwoLayerNet
+    monkeypatch.setenv("DUALNET_DEVICE", "sim")
+    np.random.seed(0)
+    X, y = np.random.randn(40, 6), np.random.randint(0, 3, 40)
+    net = TwoLayerNet(6, 5, 3, std=0.1)
+    net.params["W1"]                       # handed out: pushed once per call
+    dev, calls = net.device, []
+    for name in ("asarray", "to_numpy"):
+        real = getattr(dev, name)
+        monkeypatch.setattr(dev, name, lambda *a, _real=real, _name=name, **k: (calls.append(_name), _real(*a, **k))[1])
+
+    def transfers(iters, verbose=False):
+        calls.clear()
+        with contextlib.redirect_stdout(io.StringIO()):
+            net.train(X, y, X[:10], y[:10], num_iters=iters, batch_size=10, verbose=verbose)
+        return len(calls)
+
+    few, many = transfers(20), transfers(600)
+    # W1 pushed, X, y, X_val, y_val, one block of indices in; 4 parameters, 3 histories out
+    assert few == many == 1 + 4 + 1 + 4 + 3, (few, many)
+    assert transfers(600, verbose=True) == many + 6
+    assert transfers(1001) == many + 1     # a second block of batch indices

@@ -25,11 +25,14 @@ NumPy arrays.  What crosses, and when:
 """
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+
 import numpy as np
 
 from ... import functions as F
 from ...backend import namespace
 from ...book._env import device as env_device, dtype as env_dtype
+from ...book._net import ParamKeyError
 from ...errors import ConfigError, ShapeError
 
 __all__ = ["TwoLayerNet", "two_layer_scores", "two_layer_loss"]
@@ -89,7 +92,7 @@ def _predict(x, params):
 
 
 # ----------------------------------------------------------------------------- host view
-class _HostParams:
+class _HostParams(MutableMapping):
     """``net.params``: float64 host arrays under the course's keys (a dict-like view).
 
     A host array handed out may be changed in place by the caller, so the net copies it to the
@@ -114,14 +117,15 @@ class _HostParams:
         self._net._mirror[key] = new
         self._net._handed.add(key)
 
+    def __delitem__(self, key):
+        raise ConfigError(f"params[{key!r}] cannot be deleted: the net needs all of "
+                          f"{', '.join(self._net._mirror)}; assign a new array instead")
+
     def _key(self, key):
         if key not in self._net._mirror:
-            raise KeyError(f"TwoLayerNet has no parameter {key!r}; its parameters are "
+            raise ParamKeyError(f"TwoLayerNet has no parameter {key!r}; its parameters are "
                            f"{', '.join(self._net._mirror)}")
         return key
-
-    def __contains__(self, key):
-        return key in self._net._mirror
 
     def __iter__(self):
         return iter(self._net._mirror)
@@ -129,14 +133,9 @@ class _HostParams:
     def __len__(self):
         return len(self._net._mirror)
 
-    def keys(self):
-        return self._net._mirror.keys()
-
-    def items(self):
-        return [(k, self[k]) for k in self._net._mirror]
-
-    def values(self):
-        return [self[k] for k in self._net._mirror]
+    def copy(self):
+        """A plain dict of copies (a snapshot, e.g. of the best weights so far)."""
+        return {k: self[k].copy() for k in self}
 
     def __repr__(self):
         return "{" + ", ".join(f"{k!r}: array{v.shape}" for k, v in self._net._mirror.items()) + "}"
