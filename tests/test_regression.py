@@ -9,6 +9,8 @@ from dualnet.gradcheck import check_model, numerical_gradient, rel_error
 from dualnet.layers import Affine, MeanSquaredError, ReLU, SoftmaxWithLoss, layer_from_spec
 from dualnet.models import Sequential
 from dualnet.optimizers import Adam
+from dualnet.checkpoint import load_checkpoint
+from dualnet.data import Dataset
 from dualnet.training import BatchSource, Trainer, train_steps
 
 
@@ -87,10 +89,37 @@ def test_accuracy_is_refused_and_misfits_are_named(device):
         net.accuracy(xd, td)
     with pytest.raises(ConfigError, match="accuracy is refused"):
         net.count_correct(xd, td)
-    with pytest.raises(ConfigError, match="regression.*train_steps"):
-        Trainer(net, None, None)
     with pytest.raises(ShapeError, match=r"targets have shape \(10, 2\).*outputs have shape \(10, 1\)"):
         net.loss(xd, device.asarray(np.zeros((10, 2)), "float64"))
     # a classifier keeps its accuracy; the loss is rebuilt from its spec
     assert SoftmaxWithLoss.classifies and not MeanSquaredError.classifies
     assert type(layer_from_spec(MeanSquaredError().spec())) is MeanSquaredError
+
+
+def test_trainer_scores_a_regression_model_by_its_loss(device, tmp_path):
+    """The Trainer trains a regression model and records mean losses, not accuracies; its
+    checkpoint resumes like a classifier's."""
+    x, t = linear_data(256, 0)
+    xt, tt = linear_data(64, 5)
+    data = Dataset("plane", x, t, xt, tt, num_classes=1, x_val=xt[:32], t_val=tt[:32])
+    logs = []
+    net = regression_net(device)
+    h = Trainer(net, Adam(lr=0.01), data, epochs=12, batch_size=32, progress=False,
+                log=logs.append).fit()
+    # 5 epochs, saved; resumed from the checkpoint (model rebuilt from its config) to 12
+    first = Trainer(regression_net(device), Adam(lr=0.01), data, epochs=5, batch_size=32,
+                    progress=False, out_dir=str(tmp_path / "a"), log=lambda *a: None)
+    first.fit()
+    opt = Adam(lr=0.01)
+    again, meta = load_checkpoint(tmp_path / "a" / "checkpoint.npz", device=device, optimizer=opt)
+    assert type(again.loss_layer) is MeanSquaredError
+    second = Trainer(again, opt, data, epochs=12, batch_size=32, progress=False, log=lambda *a: None)
+    second.restore(meta)
+    np.testing.assert_allclose(second.fit()["test_loss"], h["test_loss"], rtol=1e-9)
+    assert len(h["train_loss"]) == len(h["test_loss"]) == len(h["val_loss"]) == 12
+    assert h["train_acc"] == h["test_acc"] == h["running_acc"] == [] and "val_acc" not in h
+    assert h["test_loss"][0] > 5 * h["test_loss"][-1] and h["test_loss"][-1] < 0.02
+    # the recorded test loss is the loss layer's mean over the test set
+    xd, td = device.asarray(xt, "float64"), device.asarray(tt, "float64")
+    assert h["test_loss"][-1] == pytest.approx(float(device.to_numpy(net.loss(xd, td))), rel=1e-9)
+    assert "test loss" in logs[-1] and "acc" not in logs[-1]
