@@ -22,7 +22,7 @@ from .errors import ShapeError
 
 __all__ = [
     "step", "sigmoid", "relu", "tanh", "identity", "softmax", "log_softmax",
-    "mean_squared_error", "cross_entropy_error", "softmax_cross_entropy", "one_hot",
+    "mean_squared_error", "d_mean_squared_error", "cross_entropy_error", "softmax_cross_entropy", "one_hot",
     "output_size", "pad2d", "im2col", "col2im",
     "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "dropout",
 ]
@@ -97,6 +97,22 @@ def mean_squared_error(y, t):
     y2 = y if y.ndim == 2 else y[None, :]
     t2 = xp.reshape(t, y2.shape)
     return 0.5 * xp.sum((y2 - t2) ** 2) / y2.shape[0]
+
+
+def d_mean_squared_error(y, t):
+    """Gradient of :func:`mean_squared_error` with respect to ``y``: (y - t) / N.
+
+    Parameters
+    ----------
+    y : array (N, K) or (K,) (one sample);  t : array of y's size
+
+    Returns
+    -------
+    dy : array shaped like ``y``
+    """
+    xp = namespace(y)
+    N = y.shape[0] if y.ndim == 2 else 1
+    return (y - xp.reshape(t, y.shape)) / N
 
 
 def cross_entropy_error(y, t):

@@ -24,7 +24,7 @@ from .errors import ConfigError, ShapeError
 from .init import weight_std
 
 __all__ = ["Layer", "Affine", "ReLU", "Sigmoid", "Tanh", "Flatten", "Convolution",
-           "MaxPooling", "AvgPooling", "BatchNormalization", "Dropout", "Loss", "SoftmaxWithLoss",
+           "MaxPooling", "AvgPooling", "BatchNormalization", "Dropout", "Loss", "SoftmaxWithLoss", "MeanSquaredError",
            "LAYERS", "layer_from_spec"]
 
 
@@ -478,6 +478,8 @@ class Loss:
     parameters, so it is not a :class:`Layer` and has no ``train`` flag; it computes on the
     device of its scores."""
 
+    classifies = True   # scores are class scores: accuracy means something
+
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         _bind_compute(cls)
@@ -506,8 +508,30 @@ class SoftmaxWithLoss(Loss):
         return (self.y - self.t) * (dout / self.y.shape[0])
 
 
+class MeanSquaredError(Loss):
+    """Regression: the output is the scores themselves (identity), the loss their mean squared
+    error ``0.5 * sum((y - t)**2) / N`` against real-valued targets ``t`` (N, K) floats.
+
+    There are no classes, so a model with this loss has no accuracy (it is refused)."""
+
+    classifies = False
+
+    def forward(self, x, t):
+        xp = namespace(x)
+        if not xp.isdtype(t.dtype, "real floating") or math.prod(t.shape) != math.prod(x.shape):
+            raise ShapeError(f"regression targets have shape {tuple(t.shape)} and dtype {t.dtype} but the "
+                             f"outputs have shape {tuple(x.shape)}: pass float targets of the same shape, "
+                             f"e.g. t.reshape(N, {x.shape[-1]}) as float")
+        self.y, self.t = x, t
+        return F.mean_squared_error(x, t)
+
+    def backward(self, dout=1.0):
+        return F.d_mean_squared_error(self.y, self.t) * dout
+
+
 LAYERS = {c.__name__: c for c in (Affine, ReLU, Sigmoid, Tanh, Flatten, Convolution, MaxPooling,
-                                   AvgPooling, BatchNormalization, Dropout, SoftmaxWithLoss)}
+                                   AvgPooling, BatchNormalization, Dropout, SoftmaxWithLoss,
+                                   MeanSquaredError)}
 
 
 def layer_from_spec(spec):

@@ -223,6 +223,10 @@ class Sequential:
 
     def _loss(self, x, t, train):
         self.device.check(t, "labels")
+        if not getattr(self.loss_layer, "classifies", True):   # regression: the loss checks its targets
+            self.scores = self.predict(x, train)
+            loss = self.loss_layer.forward(self.scores, t)
+            return loss + self.penalty() if self.weight_decay else loss
         xp = self.device.xp
         K = self.output_shape[-1]
         N = x.shape[0] if hasattr(x, "shape") and len(x.shape) else None
@@ -289,6 +293,11 @@ class Sequential:
 
     def count_correct(self, x, t, batch_size=1000):
         """Number of correct predictions as a 0-d device array (no host sync)."""
+        if not getattr(self.loss_layer, "classifies", True):
+            raise ConfigError(f"accuracy is refused: this model's loss {type(self.loss_layer).__name__} "
+                              f"is a regression loss, so its outputs are no class scores and a share of "
+                              f"'correct' ones would mean nothing; measure it by its loss "
+                              f"(model.loss(x, t)) instead")
         with self.device.bind():
             return self._count_correct(x, t, batch_size)
 

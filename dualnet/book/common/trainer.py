@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import sys
+
+import numpy as np
 
 from ...errors import ConfigError, ShapeError
 from ...seeds import book_seed as _book_seed
@@ -10,7 +14,8 @@ from .._env import host, is_host_data, next_seed
 from .._net import BookNetwork
 from .optimizer import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
 
-__all__ = ["Trainer"]
+# The book's module imports these itself, so its star import hands them on (it has no __all__).
+__all__ = ["Trainer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "np", "os", "sys"]
 
 # The book's keys; its misspelt 'rmsprpo' is accepted too.
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adagrad": AdaGrad,

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np   # the book's module exports np through a star import
+
 from ... import functions as F
 from ...backend import namespace
 from ...errors import ShapeError
 from ...seeds import book_seed as _book_seed
 from .._env import device, host, is_host_data, next_seed
 
-__all__ = ["smooth_curve", "shuffle_dataset", "conv_output_size", "im2col", "col2im"]
+__all__ = ["smooth_curve", "shuffle_dataset", "conv_output_size", "im2col", "col2im", "np"]
 
 _shuffle_rng = None
 
