@@ -253,7 +253,7 @@ def test_bench_alexnet_writes_its_row(tmp_path, capsys):
     assert rows == [("alexnet", 2, "train"), ("alexnet", 2, "infer")]
     # batch 64 on the CPU is refused up front, with why and what is benched there
     assert [(s["model"], s["batch_size"]) for s in res["skipped"]] == [("alexnet", 64)]
-    assert "up to batch 32" in res["skipped"][0]["reason"]
+    assert "on the host up to batch 32" in res["skipped"][0]["reason"]
 
 
 @pytest.mark.slow
