@@ -188,6 +188,23 @@ def test_alexnet_checkpoint_config_rebuilds_it():
     np.testing.assert_array_equal(again.predict(x), net.predict(x))  # same seed, same weights
 
 
+def test_checkpoint_keeps_same_pooling_and_refuses_other_words(tmp_path):
+    from dualnet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    net = tiny("cpu")
+    path = tmp_path / "ck.npz"
+    save_checkpoint(path, net)
+    again, _ = load_checkpoint(path, "cpu")
+    assert again.summary() == net.summary() and again.layers[2].same
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    doc = json.loads(str(arrays["meta"]))
+    doc["model"]["layers"][2]["pad"] = "valid"    # only MaxPooling's pad="same" is a word it takes
+    arrays["meta"] = np.array(json.dumps(doc))
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match="pad='valid', expected a number"):
+        load_checkpoint(path, "cpu")
+
+
 def test_torch_twin_computes_what_alexnet_computes(rng):
     torch = pytest.importorskip("torch")
     from dualnet.torch_twin import torch_twin
@@ -234,6 +251,16 @@ def test_train_alexnet_prints_its_summary(tmp_path, capsys, monkeypatch):
     assert "alexnet: 29 layers, input (N, 1, 8, 8) -> (N, 10)" in out
     m = json.loads((out_dir / "metrics.json").read_text())
     assert m["config"]["model"] == "alexnet" and m["config"]["model_kwargs"]["resize"] == 139
+    # the checkpoint rebuilds it (the resize and the 'same' pools from their specs)
+    code = cli.main(["evaluate", "--checkpoint", str(out_dir / "checkpoint.npz"), "--device", "cpu"])
+    assert code == 0 and f"test accuracy on digits: {m['test_acc']:.4f}" in capsys.readouterr().out
+
+
+def test_gradcheck_command_knows_alexnet(capsys):
+    from dualnet.cli import main
+    code = main(["gradcheck", "--model", "alexnet", "--checks", "2"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.rstrip().endswith("PASS") and "(3, 1, 11, 11)" in out
 
 
 def test_image_size_is_for_alexnet_only(capsys, tmp_path):
