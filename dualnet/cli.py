@@ -293,6 +293,8 @@ def _resume_settings(args, doc, path):
         raise refuse("--dropout", args.dropout, f"dropout {kw.get('dropout', 0.0)}")
     if args.batchnorm and not kw.get("use_batchnorm"):
         raise refuse("--batchnorm", "", "no batch normalization")
+    if getattr(args, "image_size", None) is not None and args.image_size != kw.get("resize"):
+        raise refuse("--image-size", args.image_size, f"image size {kw.get('resize') or 'of the data'}")
     if args.data_dir is None and cfg.get("data_dir"):
         args.data_dir = cfg["data_dir"]
     if args.epochs is None and _is_count(cfg.get("epochs")):

@@ -254,6 +254,9 @@ def test_train_alexnet_prints_its_summary(tmp_path, capsys, monkeypatch):
     # the checkpoint rebuilds it (the resize and the 'same' pools from their specs)
     code = cli.main(["evaluate", "--checkpoint", str(out_dir / "checkpoint.npz"), "--device", "cpu"])
     assert code == 0 and f"test accuracy on digits: {m['test_acc']:.4f}" in capsys.readouterr().out
+    # a resumed run keeps its image size: another one is refused before anything trains
+    code = cli.main(["train", "--resume", str(out_dir / "checkpoint.npz"), "--image-size", "227", "--epochs", "2"])
+    assert code == 2 and "--image-size 227 contradicts" in capsys.readouterr().err
 
 
 def test_gradcheck_command_knows_alexnet(capsys):
