@@ -125,7 +125,7 @@ def build_parser():
     t.add_argument("--dropout", type=_fraction, default=None, help="dropout ratio (mlp, deep_convnet, alexnet)")
     t.add_argument("--image-size", type=_positive_int, default=None,
                    help="alexnet: resize images to this side first (default: none when they fit alexnet, "
-                        "else 227)")
+                        "else 224)")
     t.add_argument("--batchnorm", action="store_true", help="batch normalization (mlp, simple_convnet)")
     t.add_argument("--seed", type=_nonneg_int, help="default: 0")
     t.add_argument("--conv", choices=method_names(), default=None,
@@ -214,7 +214,7 @@ def _model_kwargs(args, data):
     kw = {}
     if args.dropout is not None:
         if args.model not in ("mlp", "deep_convnet", "alexnet"):
-            raise UserError(f"--dropout applies to mlp, deep_convnet and alexnet, not {args.model}")
+            raise UserError(f"--dropout applies to alexnet, mlp and deep_convnet, not {args.model}")
         kw["dropout"] = args.dropout
     if args.batchnorm:
         if args.model not in ("mlp", "simple_convnet"):
@@ -234,8 +234,7 @@ def _model_kwargs(args, data):
 
 
 def _alexnet_kwargs(size, sample_shape):
-    """AlexNet's ``resize``: the asked size, else none where the images fit it, else 227 (the
-    course's 224 needs floor geometry at the first convolution)."""
+    """AlexNet's ``resize``: the asked size, else none where the images fit it, else the course's 224."""
     from .errors import ShapeError
     from .models import AlexNet
     if size is None:
@@ -243,7 +242,7 @@ def _alexnet_kwargs(size, sample_shape):
             AlexNet(input_dim=tuple(sample_shape), output_size=2, widths=(1,) * 5, hidden_size=1)
             return {}
         except ShapeError:
-            return {"resize": 227}
+            return {"resize": 224}
     return {"resize": size}
 
 

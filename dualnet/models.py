@@ -499,13 +499,12 @@ class AlexNet(Sequential):
         conv 192 3x3 - BN - conv 128 3x3 - pool - BN - flatten -
         (affine 2048 - ReLU - BN - dropout 0.01) x 2 - affine 1000 - softmax
 
-    At 227x227x3 the maps are 55, 28, 24, 12, 10, 8, 6, 3 pixels wide (224 gives the same from
-    54 on, under floor geometry).  Where a pool follows a conv, it runs before the ReLU: the
+    At 224x224x3 the maps are 54, 27, 23, 12, 10, 8, 6, 3 pixels wide (227: 55, 28, 24, then the same).  Where a pool follows a conv, it runs before the ReLU: the
     same values (see SimpleConvNet) on a quarter of the ReLU's work.  He initialization and
     dualnet's batch norm (momentum 0.9, eps 1e-5), not Keras' Glorot and 0.99 / 1e-3.
 
-    ``input_dim`` defaults to 227x227x3: the course's 224 needs floor geometry at the first
-    convolution ((224 - 11) / 4 is fractional), which dualnet's strict geometry refuses.
+    ``input_dim`` defaults to the course's 224x224x3 (54x54 after the first convolution, its
+    output size floored); 227 gives the original paper's 55x55 and the same parameter count.
 
     Parameters
     ----------
@@ -521,7 +520,7 @@ class AlexNet(Sequential):
     name = "alexnet"
     WIDTHS = (48, 128, 192, 192, 128)
 
-    def __init__(self, input_dim=(3, 227, 227), output_size=1000, widths=WIDTHS, hidden_size=2048,
+    def __init__(self, input_dim=(3, 224, 224), output_size=1000, widths=WIDTHS, hidden_size=2048,
                  dropout=0.01, resize=None, weight_init="he", conv_method=None, **common):
         widths = [int(w) for w in widths]
         if len(widths) != 5:
@@ -544,7 +543,7 @@ class AlexNet(Sequential):
                 shape = layer.output_shape(shape)
             except ShapeError as e:
                 raise ShapeError(f"AlexNet does not fit input {tuple(input_dim)} (layer {i}, "
-                                 f"{layer!r}: {e}); give it larger images, e.g. resize=227") from None
+                                 f"{layer!r}: {e}); give it larger images, e.g. resize=224") from None
         layers.append(Flatten())
         n = math.prod(shape)
         for _ in range(2):

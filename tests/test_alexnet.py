@@ -132,19 +132,18 @@ def test_alexnet_parameter_count_at_227():
     assert net.output_shape == (1000,)
 
 
-@pytest.mark.xfail(strict=False, reason="224 needs floor geometry at the first conv ((224 - 11) / 4 = "
-                                        "53.25); passes once convolution and pooling floor their sizes")
 def test_alexnet_at_the_course_size_224():
     """224 under floor geometry: 54, 27, 23, 12, 10, 8, 6, 3 -- the same parameters as 227."""
-    net = AlexNet(input_dim=(3, 224, 224), output_size=1000)
+    net = AlexNet()
+    assert net.input_shape == (3, 224, 224)
     assert net.num_params() == alexnet_params_by_hand(3, 1000, 128 * 3 * 3)
     assert "(N, 48, 54, 54)" in net.summary()
 
 
 def test_alexnet_refuses_small_images_with_the_fix():
-    with pytest.raises(Exception, match="resize=227"):
+    with pytest.raises(Exception, match="resize=224"):
         AlexNet(input_dim=(3, 67, 67), output_size=10)
-    net = AlexNet(input_dim=(3, 67, 67), output_size=10, resize=139)  # 139: the smallest that fits today
+    net = AlexNet(input_dim=(3, 67, 67), output_size=10, resize=139)  # 139: the smallest that fits
     assert net.output_shape == (10,) and isinstance(net.layers[0], L.Resize)
 
 
@@ -232,7 +231,7 @@ def test_torch_twin_refuses_unknown_layers():
 # --------------------------------------------------------------------------- CLI and bench
 @pytest.mark.slow
 def test_train_alexnet_prints_its_summary(tmp_path, capsys, monkeypatch):
-    """digits (8x8) are resized to 227 unless --image-size says otherwise; narrow widths keep it fast."""
+    """digits (8x8) are resized to 224 unless --image-size says otherwise; narrow widths keep it fast."""
     from dualnet import cli
     chosen = []
     real = cli._alexnet_kwargs
@@ -242,7 +241,7 @@ def test_train_alexnet_prints_its_summary(tmp_path, capsys, monkeypatch):
         chosen.append(kw)
         return {**kw, "widths": [3, 4, 4, 4, 3], "hidden_size": 8}
     monkeypatch.setattr(cli, "_alexnet_kwargs", narrow)
-    assert real(None, (1, 8, 8)) == {"resize": 227} and real(None, (3, 227, 227)) == {}
+    assert real(None, (1, 8, 8)) == {"resize": 224} and real(None, (3, 227, 227)) == {}
     out_dir = tmp_path / "run"
     code = cli.main(["train", "--model", "alexnet", "--image-size", "139", "--epochs", "1", "--no-progress",
                      "--no-plots", "--batch-size", "100", "--device", "cpu", "--out", str(out_dir)])
