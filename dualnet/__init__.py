@@ -17,8 +17,10 @@ from .errors import (DualnetError, ConfigError, ShapeError, DTypeError, DeviceEr
 from . import conv, functions, layers, init
 from .layers import (Affine, ReLU, Sigmoid, Tanh, Flatten, Convolution, MaxPooling, AvgPooling,
                      BatchNormalization, Dropout, SoftmaxWithLoss)
+from .layers import Resize
 from .models import (Sequential, TwoLayerNet, MultiLayerNet, SimpleConvNet, DeepConvNet, build_model,
                      model_from_config, MODELS)
+from .models import AlexNet
 from .optimizers import SGD, Momentum, Nesterov, AdaGrad, RMSprop, Adam, LRSchedule, make_optimizer
 from .training import train_step, BatchSource, Trainer
 from .gradcheck import numerical_gradient, rel_error, check_model
@@ -29,7 +31,7 @@ __all__ = ["Device", "get_device", "cuda_status",
            "CheckpointError", "TrainingDiverged", "functions", "layers", "init",
            "Affine", "ReLU", "Sigmoid", "Tanh", "Flatten", "Convolution", "MaxPooling", "AvgPooling",
            "BatchNormalization", "Dropout", "SoftmaxWithLoss", "Sequential", "TwoLayerNet",
-           "MultiLayerNet", "SimpleConvNet", "DeepConvNet", "build_model", "model_from_config", "MODELS",
+           "MultiLayerNet", "SimpleConvNet", "DeepConvNet", "AlexNet", "Resize", "build_model", "model_from_config", "MODELS",
            "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "LRSchedule", "make_optimizer",
            "train_step", "BatchSource", "Trainer",
            "numerical_gradient", "rel_error", "check_model", "save_checkpoint", "load_checkpoint"]

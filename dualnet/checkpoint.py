@@ -92,6 +92,10 @@ def _short(v):
     return r if len(r) <= 60 else r[:57] + "..."
 
 
+# The only words a layer's spec may hold besides numbers: MaxPooling's Keras-style pad="same".
+_SPEC_WORDS = {"pad": ("same",)}
+
+
 def _check_doc(c, doc):
     """The JSON document's structure: format, model configuration, meta, optimizer scalars."""
     c.obj(doc, "its metadata")
@@ -107,6 +111,8 @@ def _check_doc(c, doc):
         if spec.get("type") not in LAYERS:
             raise c.fail(f"{what} has type {_short(spec.get('type'))}; known: {', '.join(sorted(LAYERS))}")
         for k, v in spec.items():
+            if v in _SPEC_WORDS.get(k, ()):
+                continue
             if k != "type" and not (_is_num(v) or (isinstance(v, list) and all(_is_int(e) for e in v))):
                 raise c.fail(f"{what} ({spec['type']}) has {k}={_short(v)}, expected a number")
             for e in (v if isinstance(v, list) else [v]):

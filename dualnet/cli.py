@@ -122,7 +122,10 @@ def build_parser():
                    "(adam: 0.001; 0.003 on digits)")
     t.add_argument("--lr-decay", type=_positive_float, help="lr *= this after every epoch (default 1)")
     t.add_argument("--weight-decay", type=_nonneg_float, help="L2 lambda on weights (default 0)")
-    t.add_argument("--dropout", type=_fraction, default=None, help="dropout ratio (mlp, deep_convnet)")
+    t.add_argument("--dropout", type=_fraction, default=None, help="dropout ratio (mlp, deep_convnet, alexnet)")
+    t.add_argument("--image-size", type=_positive_int, default=None,
+                   help="alexnet: resize images to this side first (default: none when they fit alexnet, "
+                        "else 224)")
     t.add_argument("--batchnorm", action="store_true", help="batch normalization (mlp, simple_convnet)")
     t.add_argument("--seed", type=_nonneg_int, help="default: 0")
     t.add_argument("--conv", choices=method_names(), default=None,
@@ -210,20 +213,37 @@ TRAIN_DEFAULTS = {"model": "simple_convnet", "dataset": "digits", "epochs": None
 def _model_kwargs(args, data):
     kw = {}
     if args.dropout is not None:
-        if args.model not in ("mlp", "deep_convnet"):
-            raise UserError(f"--dropout applies to mlp and deep_convnet, not {args.model}")
+        if args.model not in ("mlp", "deep_convnet", "alexnet"):
+            raise UserError(f"--dropout applies to alexnet, mlp and deep_convnet, not {args.model}")
         kw["dropout"] = args.dropout
     if args.batchnorm:
         if args.model not in ("mlp", "simple_convnet"):
             raise UserError(f"--batchnorm applies to mlp and simple_convnet, not {args.model}")
         kw["use_batchnorm"] = True
     if args.conv is not None:
-        if args.model not in ("simple_convnet", "deep_convnet"):
-            raise UserError(f"--conv applies to simple_convnet and deep_convnet, not {args.model}")
+        if args.model not in ("simple_convnet", "deep_convnet", "alexnet"):
+            raise UserError(f"--conv applies to simple_convnet, deep_convnet and alexnet, not {args.model}")
         kw["conv_method"] = args.conv
+    if getattr(args, "image_size", None) is not None and args.model != "alexnet":
+        raise UserError(f"--image-size applies to alexnet, not {args.model}")
+    if args.model == "alexnet":
+        kw.update(_alexnet_kwargs(getattr(args, "image_size", None), data.sample_shape))
     if args.model == "simple_convnet" and data.sample_shape[-1] < 16:
         kw.update(filter_size=3, pad=1)  # 8x8 digits: keep the spatial size before pooling
     return kw
+
+
+def _alexnet_kwargs(size, sample_shape):
+    """AlexNet's ``resize``: the asked size, else none where the images fit it, else the course's 224."""
+    from .errors import ShapeError
+    from .models import AlexNet
+    if size is None:
+        try:
+            AlexNet(input_dim=tuple(sample_shape), output_size=2, widths=(1,) * 5, hidden_size=1)
+            return {}
+        except ShapeError:
+            return {"resize": 224}
+    return {"resize": size}
 
 
 # A run's files in its directory (--overwrite replaces them; nothing else there is touched).
@@ -272,6 +292,8 @@ def _resume_settings(args, doc, path):
         raise refuse("--dropout", args.dropout, f"dropout {kw.get('dropout', 0.0)}")
     if args.batchnorm and not kw.get("use_batchnorm"):
         raise refuse("--batchnorm", "", "no batch normalization")
+    if getattr(args, "image_size", None) is not None and args.image_size != kw.get("resize"):
+        raise refuse("--image-size", args.image_size, f"image size {kw.get('resize') or 'of the data'}")
     if args.data_dir is None and cfg.get("data_dir"):
         args.data_dir = cfg["data_dir"]
     if args.epochs is None and _is_count(cfg.get("epochs")):
@@ -420,6 +442,7 @@ def _train(args, out, run_dir, resume_doc, cfg, epochs, comm=None):
               "processes": comm.size if comm is not None else 1, "augment": bool(args.augment),
               "mirror_classes": list(data.mirror_classes) if args.augment else [],
               "model_kwargs": dict(getattr(model, "model_kwargs", None) or {}), "conv": args.conv or "auto"}
+    print(model.summary(short=True), flush=True)
     print(f"model: {args.model} ({model.num_params():,} parameters), {args.optimizer} lr {lr:g}, "
           f"{epochs} epochs, batch {args.batch_size}, {model.dtype}; run directory {out}", flush=True)
     tr = Trainer(model, opt, data, epochs=epochs, batch_size=args.batch_size,
@@ -516,7 +539,8 @@ def cmd_gradcheck(args):
     dev = get_device(args.device)
     small = {"simple_convnet": dict(filter_num=4, hidden_size=10, weight_init=0.3),
              "deep_convnet": dict(dropout=0.3), "mlp": dict(hidden_sizes=[12, 12], use_batchnorm=True),
-             "two_layer_net": dict(hidden_size=10, weight_init=0.3)}[args.model]
+             "two_layer_net": dict(hidden_size=10, weight_init=0.3),
+             "alexnet": dict(widths=[3, 4, 4, 4, 3], hidden_size=6, dropout=0.3, resize=139)}[args.model]
     shape = (1, 28, 28) if args.model == "deep_convnet" else (1, 10, 10)
     model = build_model(args.model, shape, 10, device=dev, dtype="float64", seed=args.seed,
                         weight_decay=0.01, **small)

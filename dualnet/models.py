@@ -11,11 +11,11 @@ from . import conv
 from .backend import HostRNG, get_device, namespace, on_device_of
 from .errors import ConfigError, DTypeError, ShapeError
 from .seeds import layer_seed
-from .layers import (Affine, BatchNormalization, Convolution, Dropout, MaxPooling, ReLU, Sigmoid,
-                     SoftmaxWithLoss, Tanh, _check_dtype, layer_from_spec)
+from .layers import (Affine, BatchNormalization, Convolution, Dropout, Flatten, MaxPooling, ReLU,
+                     Resize, Sigmoid, SoftmaxWithLoss, Tanh, _check_dtype, layer_from_spec)
 
 __all__ = ["Sequential", "ParamDict", "TwoLayerNet", "MultiLayerNet", "SimpleConvNet", "DeepConvNet",
-           "MODELS", "build_model", "model_from_config", "count_correct"]
+           "AlexNet", "MODELS", "build_model", "model_from_config", "count_correct"]
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
 
@@ -143,6 +143,36 @@ class Sequential:
 
     def num_params(self):
         return sum(math.prod(p.shape) for p in self.params.values())
+
+    def summary(self, short=False):
+        """The layers with their output shapes and parameter counts, then the totals, as text
+        (Keras' ``model.summary()``, torchinfo's table).  Buffers (batch norm's running
+        statistics) are the non-trainable parameters, as Keras counts them.
+
+        ``short=True`` gives one line: layers, input -> output, parameters and their bytes.
+        """
+        size = 8 if self.dtype == "float64" else 4   # bytes per parameter
+        trainable = self.num_params()
+        fixed = sum(math.prod(b.shape) for b in self.buffers.values())
+        total = trainable + fixed
+        mib = f"{_bytes_text(total * size)} in {self.dtype}"
+        if short:
+            return (f"{self.name or type(self).__name__}: {len(self.layers)} layers, input "
+                    f"{_shape_text(self.input_shape)} -> {_shape_text(self.output_shape)}, {trainable:,} "
+                    f"trainable + {fixed:,} non-trainable parameters ({mib})")
+        rows, shape = [], self.input_shape
+        for i, layer in enumerate(self.layers):
+            shape = layer.output_shape(shape)
+            n = sum(math.prod(p.shape) for p in layer.params.values()) + \
+                sum(math.prod(b.shape) for b in layer.buffers.values())
+            rows.append((f"{i}: {type(layer).__name__}", _shape_text(shape), f"{n:,}"))
+        w = [max(len(r[k]) for r in rows + [("Layer", "Output shape", "Param #")]) for k in range(3)]
+        line = lambda r: f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}"  # noqa: E731
+        rule = "=" * len(line(("", "", "")))
+        return "\n".join([f"Model: {self.name or type(self).__name__} (input {_shape_text(self.input_shape)})",
+                          rule, line(("Layer", "Output shape", "Param #")), rule, *map(line, rows), rule,
+                          f"Total params: {total:,} ({mib})", f"Trainable params: {trainable:,}",
+                          f"Non-trainable params: {fixed:,}", rule])
 
     def _weights(self):
         """(layer, name, array) of every parameter with the role ``weight``."""
@@ -347,6 +377,18 @@ class Sequential:
                 cur[...] = self.device.asarray(state[k], cur.dtype)
 
 
+def _bytes_text(n):
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _shape_text(shape):
+    """An output shape with its batch axis, as Keras and torchinfo print it: (N, 48, 55, 55)."""
+    return "(" + ", ".join(["N", *map(str, shape)]) + ")"
+
+
 # --------------------------------------------------------------------------- the book's models
 class TwoLayerNet(Sequential):
     """Affine - ReLU - Affine - softmax (CS231n's two-layer net; the book's ch. 5 version)."""
@@ -449,7 +491,69 @@ class DeepConvNet(Sequential):
         super().__init__(layers, tuple(input_dim), weight_init=weight_init, **common)
 
 
-MODELS = {cls.name: cls for cls in (TwoLayerNet, MultiLayerNet, SimpleConvNet, DeepConvNet)}
+class AlexNet(Sequential):
+    """AlexNet as the course notes write it in Keras ('valid' convolutions, each with ReLU;
+    'same' 2x2/2 max pooling; batch norm after each pool, or after the conv where none follows):
+
+        conv 48 11x11/4 - pool - BN - conv 128 5x5 - pool - BN - conv 192 3x3 - BN -
+        conv 192 3x3 - BN - conv 128 3x3 - pool - BN - flatten -
+        (affine 2048 - ReLU - BN - dropout 0.01) x 2 - affine 1000 - softmax
+
+    At 224x224x3 the maps are 54, 27, 23, 12, 10, 8, 6, 3 pixels wide (227: 55, 28, 24, then the same).  Where a pool follows a conv, it runs before the ReLU: the
+    same values (see SimpleConvNet) on a quarter of the ReLU's work.  He initialization and
+    dualnet's batch norm (momentum 0.9, eps 1e-5), not Keras' Glorot and 0.99 / 1e-3.
+
+    ``input_dim`` defaults to the course's 224x224x3 (54x54 after the first convolution, its
+    output size floored); 227 gives the original paper's 55x55 and the same parameter count.
+
+    Parameters
+    ----------
+    widths : 5 ints
+        Filters of the five convolutions (48, 128, 192, 192, 128).
+    hidden_size : int
+        Units of the two hidden affine layers (2048).
+    resize : int, optional
+        Resize inputs (bilinear, first layer) to ``resize`` x ``resize``: AlexNet on small
+        images, e.g. CIFAR-10 at 227 (the maps of 32x32 are too small for its windows).
+    """
+
+    name = "alexnet"
+    WIDTHS = (48, 128, 192, 192, 128)
+
+    def __init__(self, input_dim=(3, 224, 224), output_size=1000, widths=WIDTHS, hidden_size=2048,
+                 dropout=0.01, resize=None, weight_init="he", conv_method=None, **common):
+        widths = [int(w) for w in widths]
+        if len(widths) != 5:
+            raise ConfigError(f"AlexNet has 5 convolutions but widths has {len(widths)} entries",
+                              param="widths")
+        self.model_kwargs = dict(input_dim=list(input_dim), output_size=output_size, widths=widths,
+                                 hidden_size=hidden_size, dropout=float(dropout),
+                                 resize=None if resize is None else int(resize))
+        layers = [Resize(int(resize))] if resize else []
+        c = input_dim[0]
+        for w, (k, stride, pool) in zip(widths, ((11, 4, True), (5, 1, True), (3, 1, False),
+                                                  (3, 1, False), (3, 1, True))):
+            layers.append(Convolution(c, w, k, stride, 0, method=conv_method))
+            layers += [MaxPooling(2, 2, 2, pad="same"), ReLU()] if pool else [ReLU()]
+            layers.append(BatchNormalization(w))
+            c = w
+        shape = tuple(input_dim)
+        for i, layer in enumerate(layers):
+            try:
+                shape = layer.output_shape(shape)
+            except ShapeError as e:
+                raise ShapeError(f"AlexNet does not fit input {tuple(input_dim)} (layer {i}, "
+                                 f"{layer!r}: {e}); give it larger images, e.g. resize=224") from None
+        layers.append(Flatten())
+        n = math.prod(shape)
+        for _ in range(2):
+            layers += [Affine(n, hidden_size), ReLU(), BatchNormalization(hidden_size), Dropout(dropout)]
+            n = hidden_size
+        layers.append(Affine(n, output_size))
+        super().__init__(layers, tuple(input_dim), weight_init=weight_init, **common)
+
+
+MODELS = {cls.name: cls for cls in (TwoLayerNet, MultiLayerNet, SimpleConvNet, DeepConvNet, AlexNet)}
 
 
 def build_model(name, input_shape, num_classes, **kwargs):
@@ -462,7 +566,7 @@ def build_model(name, input_shape, num_classes, **kwargs):
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}", param="model")
     input_shape = tuple(input_shape)
     cls = MODELS[name]
-    if issubclass(cls, (SimpleConvNet, DeepConvNet)):
+    if issubclass(cls, (SimpleConvNet, DeepConvNet, AlexNet)):
         if len(input_shape) != 3:
             raise ShapeError(f"{name} needs image input (C, H, W) but the data has sample shape {input_shape}")
         return cls(input_dim=input_shape, output_size=num_classes, **kwargs)
