@@ -101,8 +101,8 @@ def test_state_dict_roundtrip(device):
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_one_flat_update_equals_per_parameter_updates(device, name):
-    """A network's params are served from one flat buffer; the result is the per-parameter one,
-    the layers keep training through their own (re-bound) arrays, and checkpoints keep their keys."""
+    """A network's params are views of one flat buffer, updated in one go; the result is the
+    per-parameter one, the layers train through their own arrays, and checkpoints keep their keys."""
     rng = np.random.default_rng(0)
     x = device.asarray(rng.standard_normal((8, 1, 6, 6)), "float64")
     t = device.asarray(rng.integers(0, 3, 8))
@@ -113,9 +113,10 @@ def test_one_flat_update_equals_per_parameter_updates(device, name):
         for i, (net, opt) in enumerate(zip(nets, opts)):
             net.loss(x, t, train=True)
             net.backward()
-            # net 0: the network's own ParamDict (flat); net 1: a plain dict (per parameter)
+            # net 0: the network's own flat-backed params; net 1: a plain dict (per parameter)
             opt.update(net.params if i == 0 else dict(net.params), net.grads)
-    assert opts[0]._flat is not None and opts[1]._flat is None
+    flat = nets[0].params.flat
+    assert flat is not None and opts[0]._flat_of is flat and opts[1]._flat_of is None
     for k in nets[0].params:
         np.testing.assert_allclose(device.to_numpy(nets[0].params[k]), device.to_numpy(nets[1].params[k]),
                                    rtol=1e-12, atol=1e-15)
