@@ -127,8 +127,9 @@ def test_one_flat_update_equals_per_parameter_updates(device, name):
 
 
 def test_flat_state_survives_a_rebound_parameter_and_a_reload(device):
-    """Moving a layer re-binds its parameters: the optimizer rebuilds its flat buffer and keeps
-    the state; a loaded state continues exactly like the optimizer it came from."""
+    """Moving a model builds new flat buffers: the optimizer's state follows them; a layer moved
+    on its own leaves the model's buffer (updates go per parameter, into the same state); a
+    loaded state continues exactly like the optimizer it came from."""
     rng = np.random.default_rng(1)
     x = device.asarray(rng.standard_normal((6, 4)), "float64")
     t = device.asarray(rng.integers(0, 2, 6))
@@ -138,26 +139,32 @@ def test_flat_state_survives_a_rebound_parameter_and_a_reload(device):
         net.backward()
         opt.update(net.params, net.grads)
 
-    a = dn.MultiLayerNet(4, [5], 2, device=device, dtype="float64", seed=0)
-    b = dn.MultiLayerNet(4, [5], 2, device=device, dtype="float64", seed=0)
-    oa, ob = dn.Adam(0.01), dn.Adam(0.01)
+    a, b, d = (dn.MultiLayerNet(4, [5], 2, device=device, dtype="float64", seed=0) for _ in range(3))
+    oa, ob, od = dn.Adam(0.01), dn.Adam(0.01), dn.Adam(0.01)
     for _ in range(2):
         step(a, oa)
         step(b, ob)
+        step(d, od)
     scalars, arrays = oa.state_dict()
     oc = dn.Adam(0.5)
     oc.load_state_dict(scalars, {k: device.to_numpy(v) for k, v in arrays.items()}, device)
-    b.layers[0].to(device)  # re-binds layer 0's arrays (copies)
+    old = b.params.flat
+    b.to(device)  # new flat buffers (copies)
+    assert b.params.flat is not None and b.params.flat is not old
+    d.layers[0].to(device)  # layer 0 alone gets new arrays (copies), outside d's flat buffer
+    assert d.params.flat is None
     c = dn.MultiLayerNet(4, [5], 2, device=device, dtype="float64", seed=0)
     c.load_state({k: device.to_numpy(v) for k, v in a.state().items()})
     for _ in range(2):
         step(a, oa)
         step(b, ob)
         step(c, oc)
+        step(d, od)
+    assert ob._flat_of is b.params.flat
     for k in a.params:
         ref = device.to_numpy(a.params[k])
-        np.testing.assert_allclose(device.to_numpy(b.params[k]), ref, rtol=1e-12, atol=1e-15)
-        np.testing.assert_allclose(device.to_numpy(c.params[k]), ref, rtol=1e-12, atol=1e-15)
+        for other in (b, c, d):
+            np.testing.assert_allclose(device.to_numpy(other.params[k]), ref, rtol=1e-12, atol=1e-15)
 
 
 def test_update_refuses_grads_on_another_device():
