@@ -54,6 +54,10 @@ class Optimizer:
     def update(self, params, grads, reduce=None):
         """Update ``params`` in place from ``grads`` (dicts with the same keys).
 
+        A model's own ``params`` (a :class:`dualnet.params.FlatDict` whose ``flat`` is set) are
+        updated through their flat buffer in one go, from the flat buffer of a model's ``grads``
+        (or one concatenation of other gradients); plain dicts parameter by parameter.
+
         ``reduce``, when given, maps the concatenated gradients (one flat array, the parameters'
         order) to the gradients to apply: data-parallel training passes an all-reduce that
         averages them over the processes, so the update sees one buffer, in one call.
