@@ -59,6 +59,9 @@ class Layer:
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
+        if "_init_params" in cls.__dict__:  # the hook before the build phase: drawn, never called
+            raise TypeError(f"{cls.__name__} defines _init_params(); a layer declares its parameters "
+                            f"with param_specs() (dualnet.params.ParamSpec) instead")
         _bind_compute(cls)
 
     def __init__(self, *, device="cpu", dtype="float32", seed=0, weight_init="he"):

@@ -132,3 +132,10 @@ def test_moving_a_model_builds_new_flat_buffers_there():
     for k, v in net.state().items():
         np.testing.assert_array_equal(sim.to_numpy(v), before[k])
     assert all(layer.device is sim for layer in net.layers)
+
+
+def test_a_layer_with_the_old_init_hook_is_refused_at_class_creation():
+    with pytest.raises(TypeError, match="param_specs"):
+        class Old(L.Layer):
+            def _init_params(self, rng):
+                return {}
