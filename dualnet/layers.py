@@ -499,8 +499,10 @@ class Dropout(Layer):
         self.seed = int(seed)
         if getattr(self, "_rng", None) is not None and self._rng_device is self._device:
             self._rng.reseed(self.seed)
+        elif self._device is not None:  # built (a model re-seeds after building): make it now
+            self._rng, self._rng_device = self._device.rng(self.seed), self._device
         else:
-            self._rng = None  # made on first use, on the layer's device
+            self._rng = None  # made on first use, once the layer's device is resolved
 
     @property
     def rng(self):
