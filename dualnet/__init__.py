@@ -14,7 +14,7 @@ __version__ = "0.2.0"
 from .backend import Device, get_device, cuda_status
 from .errors import (DualnetError, ConfigError, ShapeError, DTypeError, DeviceError, DataError,
                      CheckpointError, TrainingDiverged)
-from . import functions, layers, init
+from . import conv, functions, layers, init
 from .layers import (Affine, ReLU, Sigmoid, Tanh, Flatten, Convolution, MaxPooling, AvgPooling,
                      BatchNormalization, Dropout, SoftmaxWithLoss)
 from .models import (Sequential, TwoLayerNet, MultiLayerNet, SimpleConvNet, DeepConvNet, build_model,

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .backend import cuda_status, get_device, versions
+from .backend import cuda_status, get_device, tune_allocator, versions
 from .errors import DeviceError
 from .io import write_json
 
@@ -329,6 +329,7 @@ def run_bench(devices, models, batch_sizes, dtype="float32", steps=20, warmup=3,
     model, batch size and phase.  ``count_ops`` adds ``ops_per_step`` (array operations, i.e.
     kernel launches on a GPU) to dualnet's records; ``layers`` adds the layer micro-benchmarks.
     """
+    tune_allocator()  # as in a training run: freed blocks kept for the next step
     records, skipped, warnings = [], [], []
     env = environment()
     load, cores = env.get("load_avg_1min"), env.get("cpu_count") or 1

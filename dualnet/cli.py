@@ -101,7 +101,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser():
     from .data import DATASETS
-    from .functions import CONV_METHODS
+    from .conv import method_names
     from .models import MODELS
     from .optimizers import OPTIMIZERS
     ap = argparse.ArgumentParser(prog="dualnet", description="From-scratch deep learning on NumPy or CuPy.",
@@ -125,7 +125,7 @@ def build_parser():
     t.add_argument("--dropout", type=_fraction, default=None, help="dropout ratio (mlp, deep_convnet)")
     t.add_argument("--batchnorm", action="store_true", help="batch normalization (mlp, simple_convnet)")
     t.add_argument("--seed", type=_nonneg_int, help="default: 0")
-    t.add_argument("--conv", choices=CONV_METHODS, default=None,
+    t.add_argument("--conv", choices=method_names(), default=None,
                    help="convolution algorithm (default: auto; im2col is the book's)")
     t.add_argument("--dtype", choices=["float32", "float64"], help="default: float32")
     t.add_argument("--augment", action="store_true", default=None,
@@ -647,6 +647,8 @@ def main(argv=None):
     _COMM = None  # set by a command that runs under mpiexec
     ap = build_parser()
     args = ap.parse_args(argv)
+    from .backend import tune_allocator
+    tune_allocator()  # the process is ours: keep freed blocks for the next step
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "gradcheck": cmd_gradcheck,
                 "info": cmd_info, "bench": cmd_bench, "study": cmd_study}
     try:

@@ -66,8 +66,9 @@ import sys
 import threading
 import time
 
-from .backend import get_device, rank_device
+from .backend import CPUDevice, CUDADevice, Device, cuda_device, cuda_status, get_device
 from .errors import DeviceError, DualnetError
+from .seeds import rank_seed
 
 __all__ = ["Communicator", "SelfComm", "MPIComm", "init", "launch_info", "DistributedError", "RankLost",
            "EXIT_RANK_LOST", "DEFAULT_TIMEOUT"]
@@ -163,7 +164,7 @@ class Communicator:
     def rank_seed(self, seed):
         """A per-rank seed (dropout masks): ``seed`` itself on rank 0, so one process draws
         what a single-process run draws."""
-        return (int(seed) + self.rank * 0x9E3779B1) % (2 ** 32)
+        return rank_seed(seed, self.rank)
 
     # -- the gradient all-reduce -------------------------------------------------------
     def reduce_hook(self, local_n, global_n):
@@ -518,7 +519,7 @@ def init(device="auto", timeout=None, env=None):
 
     Under an MPI launcher (``mpiexec -n K``: detected from ``PMI_RANK`` / ``OMPI_COMM_WORLD_RANK``
     and the like) with K > 1: an :class:`MPIComm` whose device is picked per rank by
-    :func:`dualnet.backend.rank_device` (``cuda:<local rank>`` for ``cuda`` and ``auto`` when
+    :func:`rank_device` (``cuda:<local rank>`` for ``cuda`` and ``auto`` when
     there are GPUs enough, the CPU otherwise).  Otherwise a :class:`SelfComm` on
     ``get_device(device)``.  mpi4py is imported only under a launcher.
 
@@ -556,3 +557,44 @@ def init(device="auto", timeout=None, env=None):
     comm.threads = _limit_host_threads(comm, dev)
     comm.setup(dev)
     return comm
+
+
+# --------------------------------------------------------------------------- one device per process
+def rank_device(spec, local_rank, local_size):
+    """The device of one process of a data-parallel job: ``local_rank`` of the ``local_size``
+    processes on this host.
+
+    ``"cuda"`` gives each process its own GPU, ``cuda:<local_rank>`` (a DeviceError when the
+    host has fewer GPUs than processes); ``"auto"`` does the same when CUDA is usable and
+    there are enough GPUs, else the CPU (``reason`` says why); ``"cuda:N"`` is refused when
+    several processes share the host (they would share GPU N, which NCCL forbids); the CPU
+    and the simulated devices are the same for every process.
+    """
+    if isinstance(spec, Device):
+        return spec
+    s = str(spec).strip().lower()
+    kind, _, num = s.partition(":")
+    local_rank, local_size = int(local_rank), int(local_size)
+    if kind not in ("cuda", "auto") or local_size < 1:
+        return get_device(spec)
+    if num:
+        if local_size > 1:
+            raise DeviceError(f"device {spec!r} would put all {local_size} processes of this host on one GPU; "
+                              f"pass --device cuda to give each process its own (cuda:<local rank>)",
+                              param="device")
+        return get_device(spec)
+    # Each rank probes only the GPU it will use: its local rank's.
+    st = cuda_status(index=local_rank)
+    n = len(st["devices"])
+    if kind == "auto":
+        if local_size > n and n:
+            return CPUDevice(reason=f"auto: using the CPU because {local_size} processes run on this host "
+                                    f"but it has {n} GPU(s); launch at most {n} per host to use them")
+        if not st["available"]:
+            return CPUDevice(reason=f"auto: using the CPU because {st['reason']}")
+        return CUDADevice(local_rank, reason=f"auto: GPU {local_rank} of this host for local rank {local_rank}")
+    if n and local_size > n:
+        raise DeviceError(f"{local_size} processes run on this host but it has {n} GPU(s) "
+                          f"(cuda:0..cuda:{n - 1}); launch at most {n} per host (mpiexec -ppn {n}) or "
+                          f"use --device cpu", param="device")
+    return cuda_device(spec, local_rank)

@@ -19,13 +19,13 @@ from __future__ import annotations
 import contextlib
 import math
 
-from . import functions as F
+from . import conv, functions as F
 from .backend import HostRNG, get_device, namespace, on_device_of
 from .errors import ConfigError, ShapeError
 from .params import ParamSpec, place
 
 __all__ = ["Layer", "Affine", "ReLU", "Sigmoid", "Tanh", "Flatten", "Convolution",
-           "MaxPooling", "AvgPooling", "BatchNormalization", "Dropout", "Loss", "SoftmaxWithLoss",
+           "MaxPooling", "AvgPooling", "BatchNormalization", "Dropout", "Loss", "SoftmaxWithLoss", "MeanSquaredError",
            "LAYERS", "layer_from_spec"]
 
 
@@ -56,6 +56,9 @@ class Layer:
     """
 
     roles = {}
+    keeps_layout = False
+    """True when ``forward`` and ``backward`` return arrays in the memory order of their input
+    (the contract of :mod:`dualnet.conv.layout`, which ``"rows"`` convolutions rely on for speed)."""
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -204,13 +207,6 @@ def _place_layers(layers, device, dtype, params, buffers):
     return P, B
 
 
-def _output_size(size, k, stride, pad, what):
-    try:
-        return F.output_size(size, k, stride, pad, what)
-    except ValueError as e:
-        raise ShapeError(str(e)) from None
-
-
 def _check_dtype(dtype):
     d = str(dtype)
     if d not in ("float32", "float64"):
@@ -220,6 +216,8 @@ def _check_dtype(dtype):
 
 # --------------------------------------------------------------------------- activations
 class ReLU(Layer):
+    keeps_layout = True
+
     def forward(self, x, train=False):
         # A float 0/1 mask: one multiply each way is ~3x cheaper than where() in NumPy.
         self.mask = namespace(x).astype(x > 0, x.dtype)
@@ -230,6 +228,8 @@ class ReLU(Layer):
 
 
 class Sigmoid(Layer):
+    keeps_layout = True
+
     def forward(self, x, train=False):
         self.out = F.sigmoid(x)
         return self.out
@@ -239,6 +239,8 @@ class Sigmoid(Layer):
 
 
 class Tanh(Layer):
+    keeps_layout = True
+
     def forward(self, x, train=False):
         self.out = F.tanh(x)
         return self.out
@@ -292,6 +294,8 @@ class Affine(Layer):
         xp = namespace(x)
         W, b = self.params["W"], self.params["b"]
         self.x_shape = x.shape
+        # x may be a batch-innermost map (dualnet.conv.layout): merging its (C, H, W) axes is a
+        # view in either memory order, and matmul takes the transposed (N, D) matrix as it is
         x2 = xp.reshape(x, (x.shape[0], -1))
         if x2.shape[1] != W.shape[0]:
             raise ShapeError(f"Affine: input of shape {tuple(x.shape)} has {x2.shape[1]} features "
@@ -315,9 +319,11 @@ class Convolution(Layer):
 
     W : (FN, C, FH, FW);  b : (FN,);  x : (N, C, H, W) -> out : (N, FN, OH, OW)
 
-    ``method`` picks the algorithm (one of :data:`dualnet.functions.CONV_METHODS`);
+    ``method`` picks the algorithm (one of :func:`dualnet.conv.method_names`, default
+    ``"auto"``: :func:`dualnet.conv.choose` for the input's geometry and the layer's device);
     ``"im2col"`` is the book's, the reference every other method is tested against.
-    It is not part of :meth:`spec`: a checkpoint loads into any method.
+    It is not part of :meth:`spec`: a checkpoint loads into any method.  Output sizes are
+    floored (see :class:`dualnet.conv.ConvGeometry`).
     """
 
     roles = {"W": "weight", "b": "bias"}
@@ -326,10 +332,10 @@ class Convolution(Layer):
         k = kernel_size if isinstance(kernel_size, (tuple, list)) else (kernel_size, kernel_size)
         self.C, self.FN, self.FH, self.FW = int(in_channels), int(out_channels), int(k[0]), int(k[1])
         self.stride, self.pad = int(stride), int(pad)
-        self.method = method or F.CONV_METHODS[0]
-        if self.method not in F.CONV_METHODS:
+        self.method = method or "auto"
+        if self.method not in conv.method_names():
             raise ConfigError(f"unknown convolution method {method!r}; choose one of "
-                              f"{', '.join(F.CONV_METHODS)}", param="method")
+                              f"{', '.join(conv.method_names())}", param="method")
         super().__init__(**kw)
 
     def _kwargs(self):
@@ -339,25 +345,23 @@ class Convolution(Layer):
     def output_shape(self, shape):
         if len(shape) != 3 or shape[0] != self.C:
             raise ShapeError(f"Convolution expects input (C={self.C}, H, W) per sample but gets {shape}")
-        return (self.FN, _output_size(shape[1], self.FH, self.stride, self.pad, "convolution"),
-                _output_size(shape[2], self.FW, self.stride, self.pad, "convolution"))
+        g = conv.ConvGeometry.of((1, *shape), (self.FN, self.C, self.FH, self.FW), self.stride, self.pad)
+        conv.resolve(self.method, g)   # an explicit method that cannot run this geometry fails here
+        return (self.FN, g.OH, g.OW)
 
     def param_specs(self):
         return {"W": self._spec("W", (self.FN, self.C, self.FH, self.FW), "normal", self.C * self.FH * self.FW),
                 "b": self._spec("b", (self.FN,), "zeros")}
 
     def forward(self, x, train=False):
-        W = self.params["W"]
-        method = self.method
-        if method == "auto":  # by shape, and by whether the device is the host or launch-bound
-            method = F.choose_conv_method(tuple(x.shape), tuple(W.shape), self.stride, self.pad,
-                                          self.device.is_host)
-        out, self.ctx = F.conv2d(x, W, self.params["b"], self.stride, self.pad, method)
+        # "auto" chooses by geometry and by whether the device is the host or launch-bound
+        out, self.saved = conv.conv2d(x, self.params["W"], self.params["b"], self.stride, self.pad,
+                                      self.method, host=self.device.is_host)
         return out
 
     def backward(self, dout):
-        dx, self.grads["W"], self.grads["b"] = F.conv2d_backward(
-            dout, self.ctx, self.params["W"], self.need_dx)
+        dx, self.grads["W"], self.grads["b"] = conv.conv2d_backward(
+            dout, self.saved, self.params["W"], self.need_dx)
         return dx
 
 
@@ -374,14 +378,19 @@ class _Pooling(Layer):
         return {"pool_h": self.PH, "pool_w": self.PW, "stride": self.stride, "pad": self.pad}
 
     def output_shape(self, shape):
+        """Floored output size, as in :class:`Convolution`."""
         if len(shape) != 3:
             raise ShapeError(f"{type(self).__name__} expects (C, H, W) per sample but gets {shape}")
-        return (shape[0], _output_size(shape[1], self.PH, self.stride, self.pad, "pooling"),
-                _output_size(shape[2], self.PW, self.stride, self.pad, "pooling"))
+        return (shape[0], F.output_size(shape[1], self.PH, self.stride, self.pad, "pooling"),
+                F.output_size(shape[2], self.PW, self.stride, self.pad, "pooling"))
 
 
 class MaxPooling(_Pooling):
     """Max over PH x PW windows per channel: (N, C, H, W) -> (N, C, OH, OW)."""
+
+    @property
+    def keeps_layout(self):
+        return self.pad == 0   # a padded input is a new array in C order
 
     def forward(self, x, train=False):
         out, self.ctx = F.max_pool2d(x, self.PH, self.PW, self.stride, self.pad)
@@ -534,6 +543,8 @@ class Loss:
     parameters, so it is not a :class:`Layer` and has no ``train`` flag; it computes on the
     device of its scores."""
 
+    classifies = True   # scores are class scores: accuracy means something
+
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         _bind_compute(cls)
@@ -562,8 +573,30 @@ class SoftmaxWithLoss(Loss):
         return (self.y - self.t) * (dout / self.y.shape[0])
 
 
+class MeanSquaredError(Loss):
+    """Regression: the output is the scores themselves (identity), the loss their mean squared
+    error ``0.5 * sum((y - t)**2) / N`` against real-valued targets ``t`` (N, K) floats.
+
+    There are no classes, so a model with this loss has no accuracy (it is refused)."""
+
+    classifies = False
+
+    def forward(self, x, t):
+        xp = namespace(x)
+        if not xp.isdtype(t.dtype, "real floating") or math.prod(t.shape) != math.prod(x.shape):
+            raise ShapeError(f"regression targets have shape {tuple(t.shape)} and dtype {t.dtype} but the "
+                             f"outputs have shape {tuple(x.shape)}: pass float targets of the same shape, "
+                             f"e.g. t.reshape(N, {x.shape[-1]}) as float")
+        self.y, self.t = x, t
+        return F.mean_squared_error(x, t)
+
+    def backward(self, dout=1.0):
+        return F.d_mean_squared_error(self.y, self.t) * dout
+
+
 LAYERS = {c.__name__: c for c in (Affine, ReLU, Sigmoid, Tanh, Flatten, Convolution, MaxPooling,
-                                   AvgPooling, BatchNormalization, Dropout, SoftmaxWithLoss)}
+                                   AvgPooling, BatchNormalization, Dropout, SoftmaxWithLoss,
+                                   MeanSquaredError)}
 
 
 def layer_from_spec(spec):

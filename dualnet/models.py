@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 
-from . import functions as F
+from . import conv
 from .backend import HostRNG, get_device, namespace, on_device_of
 from .errors import ConfigError, DTypeError, ShapeError
+from .seeds import layer_seed
 from .layers import (Affine, BatchNormalization, Convolution, Dropout, MaxPooling, ReLU, Sigmoid,
                      SoftmaxWithLoss, Tanh, _check_dtype, build_layers, layer_from_spec, move_layers)
 from .params import FlatDict, concat, place, split
@@ -158,15 +159,15 @@ class Sequential:
         """Re-seed the device generators of the dropout layers (each its own stream)."""
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Dropout):
-                layer.set_seed(int(seed) * 1009 + i)
+                layer.set_seed(layer_seed(seed, i))
 
     def set_conv_method(self, method):
         """Use convolution algorithm ``method`` in every convolution layer."""
         for layer in self.layers:
             if isinstance(layer, Convolution):
-                if method not in F.CONV_METHODS:
+                if method not in conv.method_names():
                     raise ConfigError(f"unknown convolution method {method!r}; choose one of "
-                                      f"{', '.join(F.CONV_METHODS)}", param="conv_method")
+                                      f"{', '.join(conv.method_names())}", param="conv_method")
                 layer.method = method
 
     def __repr__(self):
@@ -219,6 +220,10 @@ class Sequential:
 
     def _loss(self, x, t, train):
         self.device.check(t, "labels")
+        if not getattr(self.loss_layer, "classifies", True):   # regression: the loss checks its targets
+            self.scores = self.predict(x, train)
+            loss = self.loss_layer.forward(self.scores, t)
+            return loss + self.penalty() if self.weight_decay else loss
         xp = self.device.xp
         K = self.output_shape[-1]
         N = x.shape[0] if hasattr(x, "shape") and len(x.shape) else None
@@ -309,6 +314,11 @@ class Sequential:
 
     def count_correct(self, x, t, batch_size=1000):
         """Number of correct predictions as a 0-d device array (no host sync)."""
+        if not getattr(self.loss_layer, "classifies", True):
+            raise ConfigError(f"accuracy is refused: this model's loss {type(self.loss_layer).__name__} "
+                              f"is a regression loss, so its outputs are no class scores and a share of "
+                              f"'correct' ones would mean nothing; measure it by its loss "
+                              f"(model.loss(x, t)) instead")
         with self.device.bind():
             return self._count_correct(x, t, batch_size)
 

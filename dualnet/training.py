@@ -33,6 +33,7 @@ from .errors import CheckpointError, ConfigError, DataError, DTypeError, ShapeEr
 from .io import RunDir, WriteError
 from .distributed import SelfComm
 from .models import count_correct
+from .seeds import SHUFFLE, batch_seed, epoch_seed, step_seed
 
 __all__ = ["train_step", "BatchSource", "train_steps", "Trainer", "TrainingDiverged", "epoch_seed",
            "step_seed", "Interrupted"]
@@ -55,16 +56,6 @@ def train_step(model, optimizer, x, t, reduce=None):
     model.backward()
     optimizer.update(model.params, model.grads, reduce=reduce)
     return loss, count_correct(model.scores, t)
-
-
-def epoch_seed(seed, epoch, stream):
-    """The seed of one epoch's random stream (0: shuffle, 1: dropout masks)."""
-    return (int(seed) * 1_000_003 + int(epoch) * 7919 + stream) % (2 ** 32)
-
-
-def step_seed(seed, epoch, step):
-    """The seed of the dropout masks of step ``step`` (0-based, within the epoch) of ``epoch``."""
-    return (epoch_seed(seed, epoch, 1) * 1_000_033 + int(step) * 104_729) % (2 ** 32)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -249,7 +240,7 @@ class BatchSource:
             lo, hi = shard(b - a) if shard is not None else (0, b - a)
             xb, tb = self.batch(perm[a + lo:a + hi])
             if self.augment is not None:
-                xb = self._augmented(xb, tb, (seed * 1_000_003 + i * 7919 + 17) % (2 ** 32), b - a, lo)
+                xb = self._augmented(xb, tb, batch_seed(seed, i), b - a, lo)
             yield xb, tb
 
     def _augmented(self, xb, tb, seed, n, lo):
@@ -346,6 +337,9 @@ class Trainer:
                  log_every=50, progress=True, seed=0, eval_batch=1000, eval_train_samples=10000,
                  config=None, log=print, comm=None, augment=None):
         self.model, self.opt, self.data = model, optimizer, data
+        # A regression model (its loss has no classes) is scored by its mean loss, not accuracy:
+        # the history then has train_loss / test_loss / val_loss where a classifier has *_acc.
+        self.regression = not getattr(getattr(model, "loss_layer", None), "classifies", True)
         self.epochs = int(epochs)
         self.schedule, self.out_dir = schedule, out_dir
         self.log_every, self.progress, self.seed = max(1, int(log_every)), progress, int(seed)
@@ -355,6 +349,10 @@ class Trainer:
         self.comm = comm if comm is not None else SelfComm(model.device)
         if self.comm.device != model.device:
             self.comm.setup(model.device)
+        if self.regression and self.comm.distributed:
+            raise ConfigError("data-parallel training scores a model by counting correct predictions "
+                              "over the ranks, which a regression model has none of; train it in one "
+                              "process (without mpiexec)")
         if not self.comm.is_root:  # rank 0 alone logs and shows progress
             self.log, self.progress = (lambda *a, **k: None), False
         self.history = {"epoch": [], "train_acc": [], "test_acc": [], "running_acc": [], "lr": [],
@@ -391,8 +389,11 @@ class Trainer:
         return self.train.on_device
 
     def evaluate(self, source=None):
-        """Accuracy on the test set (or on a :class:`BatchSource`), in batches."""
+        """Accuracy on the test set (or on a :class:`BatchSource`), in batches; for a regression
+        model its mean loss instead (:meth:`mean_loss`)."""
         src = source or self.test
+        if self.regression:
+            return self.mean_loss(src)
         if self.comm.distributed:
             return self._count(src, src.num_samples) / src.num_samples
         if src.on_device:
@@ -402,6 +403,19 @@ class Trainer:
             xb, tb = src.batch(slice(s, min(s + self.eval_batch, src.num_samples)))
             correct += int(self.device.to_numpy(self.model.count_correct(xb, tb, self.eval_batch)))
         return correct / src.num_samples
+
+    def mean_loss(self, src, n=None):
+        """Mean loss (without the weight-decay penalty) over the first ``n`` samples of ``src``, in
+        batches, in inference mode: one host read."""
+        n = src.num_samples if n is None else min(int(n), src.num_samples)
+        m, total = self.model, None
+        with self.device.bind():
+            for s in range(0, n, self.eval_batch):
+                e = min(s + self.eval_batch, n)
+                xb, tb = (src.x[s:e, ...], src.t[s:e, ...]) if src.on_device else src.batch(slice(s, e))
+                part = m.loss_layer.forward(m.predict(xb), tb) * (e - s)
+                total = part if total is None else total + part
+            return float(self.device.to_numpy(total)) / n
 
     def _count(self, src, n):
         """Correct predictions on the first ``n`` samples of ``src``: each rank counts its shard,
@@ -559,7 +573,7 @@ class Trainer:
         t0 = time.perf_counter()
         comm = self.comm
         shard, weights = (comm.shard if comm.distributed else None), []
-        for i, (xb, tb) in enumerate(src.epoch(epoch_seed(self.seed, epoch, 0), start=start, shard=shard),
+        for i, (xb, tb) in enumerate(src.epoch(epoch_seed(self.seed, epoch, SHUFFLE), start=start, shard=shard),
                                      start=start):
             if self._dropout:
                 m.set_seed(comm.rank_seed(step_seed(self.seed, epoch, i)))  # masks differ per rank
@@ -602,7 +616,8 @@ class Trainer:
                 pending, seen, correct = [], 0, None
                 if bar:
                     el = time.perf_counter() - t0
-                    bar.set_postfix(loss=f"{vals[-1]:.4f}", acc=f"{correct_total / seen_total:.3f}",
+                    acc = {} if self.regression else {"acc": f"{correct_total / seen_total:.3f}"}
+                    bar.set_postfix(loss=f"{vals[-1]:.4f}", **acc,
                                     img_s=f"{(seen_total - (self._partial[1] if start else 0)) / max(el, 1e-9):.0f}")
             if stop:
                 if bar:
@@ -617,6 +632,8 @@ class Trainer:
         n_eval = min(self.eval_train_samples, N)
         if comm.distributed:
             train_acc = self._count(src, n_eval) / n_eval
+        elif self.regression:
+            train_acc = self.mean_loss(src, n_eval)
         else:
             xe, te = src.head(n_eval)
             train_acc = m.accuracy(xe, te, self.eval_batch)
@@ -624,15 +641,17 @@ class Trainer:
         val_acc = self.evaluate(self.val) if self.val is not None else None
         h = self.history
         h["epoch"].append(epoch + 1)
-        h["train_acc"].append(train_acc)
-        h["test_acc"].append(test_acc)
+        kind = "loss" if self.regression else "acc"
+        h.setdefault(f"train_{kind}", []).append(train_acc)
+        h.setdefault(f"test_{kind}", []).append(test_acc)
         if val_acc is not None:
-            h.setdefault("val_acc", []).append(val_acc)
-        h["running_acc"].append(correct_total / max(1, seen_total))
+            h.setdefault(f"val_{kind}", []).append(val_acc)
+        if not self.regression:  # a regression step's "correct" count means nothing
+            h["running_acc"].append(correct_total / max(1, seen_total))
         h["lr"].append(opt.lr)
         h["epoch_time_s"].append(elapsed)
         h["images_per_s"].append(N / max(elapsed, 1e-9))
         self.log(f"epoch {epoch + 1}/{self.epochs}: loss {self.iter_loss[-1]:.4f}  "
-                 f"train acc {train_acc:.4f}  " + (f"val acc {val_acc:.4f}  " if val_acc is not None else "") +
-                 f"test acc {test_acc:.4f}  "
+                 f"train {kind} {train_acc:.4f}  " + (f"val {kind} {val_acc:.4f}  " if val_acc is not None else "") +
+                 f"test {kind} {test_acc:.4f}  "
                  f"({elapsed:.1f} s, {N / max(elapsed, 1e-9):,.0f} images/s, lr {opt.lr:.3g})")

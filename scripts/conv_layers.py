@@ -2,7 +2,7 @@
 
 Times the forward and the backward of every convolution and max-pool layer of DeepConvNet
 (book shapes, 28x28 input) and of SimpleConvNet (conv 1->30 5x5), for each convolution method
-in ``dualnet.functions.CONV_METHODS`` and for ``torch.nn.functional`` when PyTorch is installed.
+in ``dualnet.conv.METHODS`` and for ``torch.nn.functional`` when PyTorch is installed.
 Contenders run interleaved in one process (every repetition times each contender once, in
 turn), after warm-up; the table gives medians and interquartile ranges in milliseconds.
 
@@ -37,7 +37,7 @@ def _parse():
     p.add_argument("--reps", type=int, default=15, help="timed repetitions per contender (default 15)")
     p.add_argument("--warmup", type=int, default=3, help="untimed repetitions first (default 3)")
     p.add_argument("--methods", nargs="*", default=None,
-                   help="dualnet methods to time (default: every explicit one in CONV_METHODS)")
+                   help="dualnet methods to time (default: every method in dualnet.conv.METHODS)")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even when installed")
     p.add_argument("--only", nargs="*", default=None,
                    help="time only layers whose name contains one of these strings")
@@ -57,8 +57,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402  (after the thread variables)
 
-from dualnet import functions as F  # noqa: E402
-from dualnet.backend import CountingDevice, get_device  # noqa: E402
+from dualnet import conv, functions as F  # noqa: E402
+from dualnet.conv import ConvGeometry  # noqa: E402
+from dualnet.backend import CountingDevice, get_device, tune_allocator  # noqa: E402
 
 
 # --------------------------------------------------------------------------- the layers
@@ -121,14 +122,14 @@ def conv_contenders(xp, shape, wshape, stride, pad, need_dx, methods, torch, dty
     W_np = (rng.standard_normal(wshape) * np.sqrt(2.0 / np.prod(wshape[1:]))).astype(dtype)
     b_np = rng.standard_normal(wshape[0]).astype(dtype)
     x, W, b = xp.asarray(x_np), xp.asarray(W_np), xp.asarray(b_np)
-    out0, _ = F.conv2d(x, W, b, stride, pad, method="im2col")
+    out0, _ = conv.conv2d(x, W, b, stride, pad, method="im2col")
     dout = xp.asarray(rng.standard_normal(tuple(out0.shape)).astype(dtype))
     c = {}
     for m in methods:
-        if m in F.STRIDE1_METHODS and stride != 1:
+        if not conv.METHODS[m].supports(ConvGeometry.of(shape, wshape, stride, pad)):
             continue
-        c[m] = (lambda m=m: F.conv2d(x, W, b, stride, pad, method=m)[1],
-                lambda ctx: F.conv2d_backward(dout, ctx, W, need_dx))
+        c[m] = (lambda m=m: conv.conv2d(x, W, b, stride, pad, method=m)[1],
+                lambda ctx: conv.conv2d_backward(dout, ctx, W, need_dx))
     if torch is not None:
         tx = torch.from_numpy(x_np).requires_grad_(need_dx)
         tW = torch.from_numpy(W_np).requires_grad_(True)
@@ -195,15 +196,15 @@ def count_ops(batch, simple_batches, methods, dtype):
     res = {}
     for name, shape, wshape, stride, pad, need_dx in conv_layers(batch, simple_batches):
         x, W, b = arr(shape), arr(wshape), arr(wshape[0])
-        row = {"auto_gpu": F.choose_conv_method(shape, wshape, stride, pad, host=False)}
+        row = {"auto_gpu": conv.choose(ConvGeometry.of(shape, wshape, stride, pad), host=False)}
         for m in methods:
-            if m in F.STRIDE1_METHODS and stride != 1:
+            if not conv.METHODS[m].supports(ConvGeometry.of(shape, wshape, stride, pad)):
                 continue
             c0 = counts()
-            out, ctx = F.conv2d(x, W, b, stride, pad, method=m)
+            out, ctx = conv.conv2d(x, W, b, stride, pad, method=m)
             c1 = counts()
             dout = dev.asarray(np.ones(out.shape, dtype))
-            F.conv2d_backward(dout, ctx, W, need_dx)
+            conv.conv2d_backward(dout, ctx, W, need_dx)
             c2 = counts()
             row[m] = {"forward": c1[0] - c0[0], "forward_cupy_extra": c1[1] - c0[1],
                       "backward": c2[0] - c1[0], "backward_cupy_extra": c2[1] - c1[1]}
@@ -254,7 +255,7 @@ def totals(results, auto, prefix):
     """Sum of medians over layers whose name starts with ``prefix``: per method and for auto."""
     rows = {k: v for k, v in results.items() if k.startswith(prefix)}
     out = {}
-    for m in [*F.CONV_METHODS[1:], "torch"]:
+    for m in [*conv.METHODS, "torch"]:
         if all(m in r for r in rows.values()):
             out[m] = sum(r[m]["forward"]["median"] + r[m]["backward"]["median"] for r in rows.values())
     if all(auto[k] in r for k, r in rows.items()):   # left out when --methods skipped one auto picks
@@ -265,7 +266,7 @@ def totals(results, auto, prefix):
 
 def main():
     a = ARGS
-    methods = a.methods or [m for m in F.CONV_METHODS if m != "auto"]
+    methods = a.methods or list(conv.METHODS)
     if a.count:
         res = count_ops(a.batch, a.simple_batches, methods, a.dtype)
         print_counts(res)
@@ -273,6 +274,7 @@ def main():
             with open(a.out, "w") as f:
                 json.dump({"counts": res}, f, indent=1)
         return
+    tune_allocator()
     dev = get_device("cpu")
     xp = dev.xp
     torch = None if a.no_torch else _torch()
@@ -281,7 +283,7 @@ def main():
     for name, shape, wshape, stride, pad, need_dx in conv_layers(a.batch, a.simple_batches):
         if a.only and not any(s in name for s in a.only):
             continue
-        auto[name] = F.choose_conv_method(shape, wshape, stride, pad, host=True)
+        auto[name] = conv.choose(ConvGeometry.of(shape, wshape, stride, pad), host=True)
         c = conv_contenders(xp, shape, wshape, stride, pad, need_dx, methods, torch, a.dtype, rng)
         results[name] = interleaved(c, a.reps, a.warmup)
         print(f"  timed {name}", file=sys.stderr, flush=True)

@@ -44,8 +44,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402  (after the thread variables)
 
-from dualnet import functions as F  # noqa: E402
-from dualnet.backend import get_device  # noqa: E402
+from dualnet import conv  # noqa: E402
+from dualnet.backend import get_device, tune_allocator  # noqa: E402
 from dualnet.layers import Convolution  # noqa: E402
 from dualnet.models import build_model  # noqa: E402
 from dualnet.optimizers import Adam  # noqa: E402
@@ -57,13 +57,15 @@ def layer_name(layer, x_shape):
     if isinstance(layer, Convolution):
         method = layer.method
         if method == "auto":
-            method = F.choose_conv_method(x_shape, tuple(layer.params["W"].shape), layer.stride, layer.pad)
+            method = conv.choose(conv.ConvGeometry.of(x_shape, layer.params["W"].shape, layer.stride, layer.pad),
+                                 layer.device.is_host)
         name += f" {layer.C}->{layer.FN} {x_shape[2]}x{x_shape[3]} [{method}]"
     return name
 
 
 def main():
     a = ARGS
+    tune_allocator()
     dev = get_device("cpu")
     model = build_model(a.model, (1, 28, 28), 10, device=dev)
     if a.conv != "auto":

@@ -17,6 +17,8 @@ from dualnet.data import load_dataset  # noqa: E402
 
 
 def run_dualnet(data, target, max_epochs, eval_every, seed):
+    from dualnet.backend import tune_allocator
+    tune_allocator()
     dev = dn.get_device("cpu")
     net = dn.SimpleConvNet(device=dev, seed=seed)
     opt = dn.Adam(1e-3)

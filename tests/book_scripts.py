@@ -15,6 +15,73 @@ BOOK_MODULES = {"dataset.mnist", "common.layers", "common.functions", "common.gr
                 "common.multi_layer_net_extend", "two_layer_net", "simple_convnet", "deep_convnet",
                 "ch04.two_layer_net"}
 
+# The import lines of the book's chapter 5-8 scripts (matplotlib's left out: the scripts here do
+# not plot), as its repository has them.  optimizer_compare_mnist.py imports no numpy: its
+# ``np.random.choice`` comes through ``from common.optimizer import *``.
+BOOK_IMPORTS = {
+    "CH5_GRADIENT_CHECK": ["import sys, os", "import numpy as np", "from dataset.mnist import load_mnist",
+                           "from two_layer_net import TwoLayerNet"],
+    "CH5_TRAIN_NEURALNET": ["import sys, os", "import numpy as np", "from dataset.mnist import load_mnist",
+                            "from two_layer_net import TwoLayerNet"],
+    "CH6_OPTIMIZER_COMPARE_NAIVE": ["import sys, os", "import numpy as np",
+                                    "from collections import OrderedDict", "from common.optimizer import *"],
+    "CH6_OPTIMIZER_COMPARE_MNIST": ["import os", "import sys", "from dataset.mnist import load_mnist",
+                                    "from common.util import smooth_curve",
+                                    "from common.multi_layer_net import MultiLayerNet",
+                                    "from common.optimizer import *"],
+    "CH6_WEIGHT_INIT_COMPARE": ["import os", "import sys", "import numpy as np",
+                                "from dataset.mnist import load_mnist", "from common.util import smooth_curve",
+                                "from common.multi_layer_net import MultiLayerNet",
+                                "from common.optimizer import SGD"],
+    "CH6_BATCH_NORM_TEST": ["import sys, os", "import numpy as np", "from dataset.mnist import load_mnist",
+                            "from common.multi_layer_net_extend import MultiLayerNetExtend",
+                            "from common.optimizer import SGD, Adam"],
+    "CH6_OVERFIT_WEIGHT_DECAY": ["import os", "import sys", "import numpy as np",
+                                 "from dataset.mnist import load_mnist",
+                                 "from common.multi_layer_net import MultiLayerNet",
+                                 "from common.optimizer import SGD"],
+    "CH6_OVERFIT_DROPOUT": ["import os", "import sys", "import numpy as np",
+                            "from dataset.mnist import load_mnist",
+                            "from common.multi_layer_net_extend import MultiLayerNetExtend",
+                            "from common.trainer import Trainer"],
+    "CH6_HYPERPARAMETER_OPTIMIZATION": ["import sys, os", "import numpy as np",
+                                        "from dataset.mnist import load_mnist",
+                                        "from common.multi_layer_net import MultiLayerNet",
+                                        "from common.util import shuffle_dataset",
+                                        "from common.trainer import Trainer"],
+    "CH7_TRAIN_CONVNET": ["import sys, os", "import numpy as np", "from dataset.mnist import load_mnist",
+                          "from simple_convnet import SimpleConvNet", "from common.trainer import Trainer"],
+    "CH8_TRAIN_DEEPNET": ["import sys, os", "import numpy as np", "from dataset.mnist import load_mnist",
+                          "from deep_convnet import DeepConvNet", "from common.trainer import Trainer"],
+}
+
+# What ``from <module> import *`` gives a script in the book (it defines no __all__, so every
+# public module-level name, its own imports included).  dataset.mnist's url_base, dataset_dir,
+# save_file, download_mnist and init_mnist are left out: they name the book's download site and
+# its mnist.pkl cache, which dualnet (IDX files, no pickle) does not have.
+_FUNCTIONS = ["identity_function", "step_function", "sigmoid", "sigmoid_grad", "relu", "relu_grad",
+              "softmax", "sum_squared_error", "cross_entropy_error", "softmax_loss", "np"]
+_LAYERS = _FUNCTIONS + ["im2col", "col2im", "Relu", "Sigmoid", "Affine", "SoftmaxWithLoss", "Dropout",
+                        "BatchNormalization", "Convolution", "Pooling"]
+_NET = _LAYERS + ["OrderedDict", "os", "sys"]
+_OPTIMIZERS = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "np"]
+BOOK_EXPORTS = {
+    "common.functions": _FUNCTIONS,
+    "common.gradient": ["np", "numerical_gradient", "numerical_gradient_2d"],
+    "common.util": ["np", "smooth_curve", "shuffle_dataset", "conv_output_size", "im2col", "col2im"],
+    "common.optimizer": _OPTIMIZERS,
+    "common.layers": _LAYERS,
+    "common.trainer": _OPTIMIZERS + ["Trainer", "os", "sys"],
+    "common.multi_layer_net": _NET + ["MultiLayerNet", "numerical_gradient"],
+    "common.multi_layer_net_extend": _NET + ["MultiLayerNetExtend", "numerical_gradient"],
+    "dataset.mnist": ["np", "os", "gzip", "pickle", "urllib", "load_mnist", "key_file", "train_num",
+                      "test_num", "img_dim", "img_size"],
+    "two_layer_net": _NET + ["TwoLayerNet", "numerical_gradient"],
+    "simple_convnet": _NET + ["SimpleConvNet", "numerical_gradient", "pickle"],
+    "deep_convnet": _NET + ["DeepConvNet", "pickle"],
+    "ch04.two_layer_net": _FUNCTIONS + ["TwoLayerNet", "numerical_gradient", "os", "sys"],
+}
+
 # Ten blob centres on a 4 x 3 grid of the 28 x 28 image, one per class.
 CENTRES = [(5 + 6 * (k // 3), 6 + 8 * (k % 3)) for k in range(10)]
 
@@ -144,7 +211,7 @@ network = TwoLayerNet(input_size=784, hidden_size=50, output_size=10)
 iters_num = 40
 train_size = x_train.shape[0]
 batch_size = 100
-learning_rate = 0.1
+learning_rate = 0.5
 
 train_loss_list = []
 train_acc_list = []
@@ -221,7 +288,6 @@ CH6_OPTIMIZER_COMPARE_MNIST = '''
 import os
 import sys
 sys.path.append(os.pardir)
-import numpy as np
 from dualnet.book.dataset.mnist import load_mnist
 from dualnet.book.common.util import smooth_curve
 from dualnet.book.common.multi_layer_net import MultiLayerNet

@@ -83,6 +83,50 @@ def test_scripts_import_only_the_books_names():
         assert book_imports, name
 
 
+def test_chapter_5_to_8_scripts_change_only_their_imports():
+    """Each script's import lines, ``dualnet.book.`` deleted, are the book script's own, in order
+    (a ``numpy`` import the book does not have would hide a missing star export)."""
+    chapters = {n for n in B.SCRIPTS if n[:3] in ("CH5", "CH6", "CH7", "CH8")}
+    assert set(B.BOOK_IMPORTS) == chapters and len(chapters) == 11
+    for name in sorted(chapters):
+        lines = [ast.unparse(n).replace("dualnet.book.", "") for n in ast.parse(B.SCRIPTS[name]).body
+                 if isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert lines == B.BOOK_IMPORTS[name], name
+
+
+@pytest.mark.parametrize("module", sorted(B.BOOK_EXPORTS))
+def test_star_import_gives_the_books_names(module):
+    """``from <module> import *`` defines every name the book's module hands a script, and
+    ``np`` is NumPy itself (the book's scripts use it for host arrays)."""
+    ns = {}
+    exec(f"from dualnet.book.{module} import *", ns)
+    missing = set(B.BOOK_EXPORTS[module]) - set(ns)
+    assert not missing, (module, sorted(missing))
+    assert ns["np"] is np
+    for name in B.BOOK_EXPORTS[module]:   # the book's names, not dualnet's same-named internals
+        obj = ns[name]
+        home = getattr(obj, "__module__", None) or getattr(obj, "__name__", "")
+        if home.startswith("dualnet"):
+            assert home.startswith("dualnet.book."), (module, name, home)
+
+
+def test_star_imported_names_work():
+    ns = {}
+    exec("from dualnet.book.common.multi_layer_net import *", ns)
+    y, t = np.array([0.1, 0.6, 0.3]), np.array([0, 1, 0])
+    assert ns["sum_squared_error"](y, t) == pytest.approx(0.5 * (0.01 + 0.16 + 0.09))
+    layer = ns["Affine"](np.ones((3, 2)), np.zeros(2))
+    np.testing.assert_allclose(np.asarray(layer.forward(np.ones((1, 3)))), [[3.0, 3.0]])
+    assert isinstance(ns["OrderedDict"](), dict) and ns["os"].path is os.path
+    g = ns["numerical_gradient"](lambda x: float(np.sum(x ** 2)), np.array([1.0, -2.0]))
+    np.testing.assert_allclose(g, [2.0, -4.0], rtol=1e-6)
+    from dualnet.book.common.gradient import numerical_gradient_2d
+    X = np.array([[1.0, 2.0], [3.0, -1.0]])
+    np.testing.assert_allclose(numerical_gradient_2d(lambda r: float(np.sum(r ** 2)), X), 2 * X, rtol=1e-6)
+    np.testing.assert_allclose(numerical_gradient_2d(lambda r: float(np.sum(r ** 3)), X[0]), [3.0, 12.0],
+                               rtol=1e-6)
+
+
 # ------------------------------------------------------------------------- chapter 4
 def test_ch4_two_layer_net_trains_with_manual_updates(book_env):
     dev = book_env
@@ -123,6 +167,16 @@ def test_ch5_gradient_check(book_env):
     for key in ("W1", "W2"):
         assert np.abs(host(dev, ns["grad_backprop"][key])).max() > 1e-3, key
     assert on_device(dev, *ns["grad_numerical"].values(), *ns["grad_backprop"].values())
+
+
+def test_ch5_train_neuralnet_with_backprop(book_env):
+    dev = book_env
+    ns = run_script("CH5_TRAIN_NEURALNET")
+    losses, net = ns["train_loss_list"], ns["network"]
+    assert len(losses) == 40 and all(type(v) is float for v in losses)
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+    assert ns["test_acc_list"][-1] > 0.3
+    assert on_device(dev, *net.params.values(), *ns["grad"].values())
 
 
 # ------------------------------------------------------------------------- chapter 6

@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from dualnet.backend import cuda_status, get_device, rank_device
+from dualnet.backend import cuda_status, get_device
+from dualnet.distributed import rank_device
 from dualnet.distributed import (DistributedError, RankLost, SelfComm, init, launch_info, EXIT_RANK_LOST)
 from dualnet.errors import DeviceError, DualnetError
 
@@ -129,7 +130,7 @@ def test_bench_distributed_needs_mpiexec(capsys):
 def test_nccl_unique_id_survives_the_byte_broadcast():
     """The id rank 0 draws reaches the others as bytes and comes back in the form CuPy gave it
     (bytes from CuPy 14, a tuple of signed chars before)."""
-    from dualnet.backend import _nccl_id_from_bytes, _nccl_id_to_bytes
+    from dualnet.backend.cuda import _nccl_id_from_bytes, _nccl_id_to_bytes
     raw = bytes(range(256))[:128]
     assert _nccl_id_from_bytes(_nccl_id_to_bytes(raw)) == raw
     signed = tuple(c - 256 if c > 127 else c for c in bytes(range(128, 256)))

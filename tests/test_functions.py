@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from dualnet import functions as F
+from dualnet import conv, functions as F
+from dualnet.conv import ConvGeometry
+from dualnet.errors import ConfigError
 from dualnet.gradcheck import numerical_gradient, rel_error
 
 
@@ -96,13 +98,13 @@ def test_conv2d_matches_direct_loops(device, rng, C, H, W, FN, FH, FW, stride, p
     x = rng.standard_normal((2, C, H, W))
     Wt = rng.standard_normal((FN, C, FH, FW))
     b = rng.standard_normal(FN)
-    out, _ = F.conv2d(device.asarray(x, "float64"), device.asarray(Wt, "float64"),
+    out, _ = conv.conv2d(device.asarray(x, "float64"), device.asarray(Wt, "float64"),
                         device.asarray(b, "float64"), stride, pad)
     np.testing.assert_allclose(device.to_numpy(out), conv_reference(x, Wt, b, stride, pad), atol=1e-10)
 
 
 @pytest.mark.parametrize("H,FH,FW,stride,pad", [(7, 3, 3, 1, 0), (7, 3, 3, 1, 1), (8, 2, 2, 2, 0),
-                                                 (7, 3, 3, 2, 1)])
+                                                 (7, 3, 3, 2, 1), (8, 3, 3, 2, 1), (7, 2, 2, 2, 0)])
 def test_col2im_is_adjoint_of_im2col(device, rng, H, FH, FW, stride, pad):
     x = rng.standard_normal((2, 3, H, H))
     col = F.im2col(device.asarray(x, "float64"), FH, FW, stride, pad)
@@ -113,7 +115,7 @@ def test_col2im_is_adjoint_of_im2col(device, rng, H, FH, FW, stride, pad):
 
 
 @pytest.mark.parametrize("H,PH,PW,stride,pad", [(8, 2, 2, 2, 0), (7, 3, 3, 2, 1), (6, 3, 3, 1, 0),
-                                                 (6, 2, 3, 1, 1)])
+                                                 (6, 2, 3, 1, 1), (7, 2, 2, 2, 0), (8, 3, 3, 2, 1)])
 def test_pooling_matches_direct_loops(device, rng, H, PH, PW, stride, pad):
     x = rng.standard_normal((2, 3, H, H + (PW - PH)))
     out, _ = F.max_pool2d(device.asarray(x, "float64"), PH, PW, stride, pad)
@@ -136,27 +138,33 @@ def test_shapes_that_do_not_fit_name_the_shapes(device, rng):
     W = device.asarray(rng.standard_normal((2, 2, 3, 3)), "float64")
     b = device.asarray(np.zeros(2), "float64")
     with pytest.raises(ValueError, match=r"3 channels.*expect 2"):
-        F.conv2d(x, W, b)
-    with pytest.raises(ValueError, match="fractional output size"):
-        F.max_pool2d(device.asarray(rng.standard_normal((1, 1, 7, 7)), "float64"), 2, 2, 2)
+        conv.conv2d(x, W, b)
+    with pytest.raises(ValueError, match="window 3 is larger than the padded input"):
+        F.max_pool2d(device.asarray(rng.standard_normal((1, 1, 2, 2)), "float64"), 3, 3, 1)
+    with pytest.raises(ValueError, match="window 5 is larger than the padded input"):
+        conv.conv2d(device.asarray(rng.standard_normal((1, 2, 3, 3)), "float64"),
+                    device.asarray(rng.standard_normal((2, 2, 5, 5)), "float64"), b)
     with pytest.raises(ValueError, match="larger than the padded input"):
         F.output_size(3, 5, 1, 0)
 
 
 # --------------------------------------------------------------------------- convolution methods
 # (C, H, W, FN, FH, FW, stride, pad): 1 channel, 3x3 and 5x5, non-square maps and filters,
-# stride 1/2/3, pad 0/1/2.
+# stride 1/2/3, pad 0/1/2, and geometries whose stride does not divide the span.
 CONV_CASES = [
     (1, 7, 7, 2, 3, 3, 1, 0), (1, 8, 8, 3, 3, 3, 1, 1), (1, 12, 12, 3, 5, 5, 1, 0),
     (3, 8, 6, 4, 3, 3, 1, 1), (4, 6, 6, 5, 3, 3, 1, 2), (3, 5, 7, 2, 5, 3, 1, 2),
     (2, 9, 9, 3, 3, 3, 2, 0), (2, 9, 7, 3, 3, 3, 2, 1), (2, 8, 8, 3, 2, 2, 2, 0),
     (3, 9, 9, 2, 3, 3, 2, 2), (1, 10, 10, 1, 4, 4, 3, 0), (2, 11, 9, 3, 5, 5, 2, 2),
+    # floored output sizes: some input rows/columns reached by no window
+    (2, 8, 8, 3, 3, 3, 2, 1), (2, 7, 7, 3, 2, 2, 2, 0), (1, 9, 8, 2, 3, 3, 3, 1),
 ]
-EXPLICIT_METHODS = [m for m in F.CONV_METHODS if m != "auto"]
+EXPLICIT_METHODS = list(conv.METHODS)
 
 
-def _methods(stride):
-    return [m for m in F.CONV_METHODS if m not in F.STRIDE1_METHODS or stride == 1]
+def _methods(g):
+    """"auto" and every method that supports geometry ``g``."""
+    return ["auto"] + [m for m in conv.METHODS if conv.METHODS[m].supports(g)]
 
 
 def _conv_case(rng, C, H, W, FN, FH, FW, N=3):
@@ -174,9 +182,10 @@ def test_conv_methods_match_direct_loops_and_im2col(device, rng, case):
     ref_grads = conv_backward_reference(x, Wt, dout, stride, pad)
     dx_, W_, b_, d_ = (device.asarray(a, "float64") for a in (x, Wt, b, dout))
     im2col_results = None
-    for method in _methods(stride):
-        out, ctx = F.conv2d(dx_, W_, b_, stride, pad, method=method)
-        grads = [device.to_numpy(g) for g in F.conv2d_backward(d_, ctx, W_)]
+    methods = _methods(ConvGeometry.of(x.shape, Wt.shape, stride, pad))
+    for method in methods:
+        out, ctx = conv.conv2d(dx_, W_, b_, stride, pad, method=method)
+        grads = [device.to_numpy(g) for g in conv.conv2d_backward(d_, ctx, W_)]
         out = device.to_numpy(out)
         assert out.shape == ref.shape and [g.shape for g in grads] == [x.shape, Wt.shape, b.shape]
         np.testing.assert_allclose(out, ref, atol=1e-10, err_msg=method)
@@ -184,9 +193,9 @@ def test_conv_methods_match_direct_loops_and_im2col(device, rng, case):
             np.testing.assert_allclose(g, r, atol=1e-10, err_msg=f"{method} {name}")
         if method == "im2col":
             im2col_results = [out] + grads
-    for method in _methods(stride):
-        out, ctx = F.conv2d(dx_, W_, b_, stride, pad, method=method)
-        got = [device.to_numpy(out)] + [device.to_numpy(g) for g in F.conv2d_backward(d_, ctx, W_)]
+    for method in methods:
+        out, ctx = conv.conv2d(dx_, W_, b_, stride, pad, method=method)
+        got = [device.to_numpy(out)] + [device.to_numpy(g) for g in conv.conv2d_backward(d_, ctx, W_)]
         for g, r in zip(got, im2col_results):
             np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12, err_msg=method)
 
@@ -197,28 +206,28 @@ def test_conv_methods_match_direct_loops_and_im2col(device, rng, case):
 def test_conv_methods_pass_numerical_gradient_check(device, rng, method, case):
     """CS231n check in float64: backprop against central differences, relative error < 1e-7."""
     C, H, W, FN, FH, FW, stride, pad = case
-    if method in F.STRIDE1_METHODS and stride != 1:
-        pytest.skip(f"{method} is stride 1 only")
+    if not conv.METHODS[method].supports(ConvGeometry.of((2, C, H, W), (FN, C, FH, FW), stride, pad)):
+        pytest.skip(f"{method} does not support this geometry")
     x, Wt, b = (device.asarray(a, "float64") for a in _conv_case(rng, C, H, W, FN, FH, FW, N=2))
-    out, ctx = F.conv2d(x, Wt, b, stride, pad, method=method)
+    out, ctx = conv.conv2d(x, Wt, b, stride, pad, method=method)
     r = device.asarray(rng.standard_normal(tuple(out.shape)), "float64")
     xp = device.xp
 
     def loss():  # sum(out * r): its gradient w.r.t. out is r
-        return xp.sum(F.conv2d(x, Wt, b, stride, pad, method=method)[0] * r)
+        return xp.sum(conv.conv2d(x, Wt, b, stride, pad, method=method)[0] * r)
 
-    dx, dW, db = F.conv2d_backward(r, ctx, Wt)
+    dx, dW, db = conv.conv2d_backward(r, ctx, Wt)
     # The loss is linear in each argument, so central differences have no truncation error
     # and a step of 1e-3 (not 1e-5) only shrinks the rounding error of f(x+h) - f(x-h).
     for name, a, g in (("x", x, dx), ("W", Wt, dW), ("b", b, db)):
         assert rel_error(g, numerical_gradient(loss, a, h=1e-3)) < 1e-7, (method, name)
 
 
-@pytest.mark.parametrize("method", F.CONV_METHODS)
+@pytest.mark.parametrize("method", conv.method_names())
 def test_conv_need_dx_false_returns_none(device, rng, method):
     x, Wt, b = (device.asarray(a, "float64") for a in _conv_case(rng, 2, 6, 6, 3, 3, 3))
-    out, ctx = F.conv2d(x, Wt, b, 1, 1, method=method)
-    dx, dW, db = F.conv2d_backward(device.asarray(np.ones(tuple(out.shape)), "float64"), ctx, Wt,
+    out, ctx = conv.conv2d(x, Wt, b, 1, 1, method=method)
+    dx, dW, db = conv.conv2d_backward(device.asarray(np.ones(tuple(out.shape)), "float64"), ctx, Wt,
                                    need_dx=False)
     assert dx is None and tuple(dW.shape) == (3, 2, 3, 3) and tuple(db.shape) == (3,)
 
@@ -230,23 +239,27 @@ def test_rows_method_blocks_cover_the_maps(device, rng, monkeypatch, block_rows)
     N, C, H, W, FN, pad = 5, 3, 6, 5, 4, 1
     x, Wt, b = (device.asarray(a, "float64") for a in _conv_case(rng, C, H, W, FN, 3, 3, N=N))
     K, L = C * 9, W * N                      # rows and columns per output row of the forward's blocks
-    monkeypatch.setattr(F, "ROWS_CHUNK_BYTES", (K + 1) * L * 8 * block_rows)
+    monkeypatch.setattr(conv.rows, "CHUNK_BYTES", (K + 1) * L * 8 * block_rows)
     dout = device.asarray(rng.standard_normal((N, FN, H, W)), "float64")
     results = []
     for method in ("im2col", "rows"):
-        out, ctx = F.conv2d(x, Wt, b, 1, pad, method=method)
-        results.append([device.to_numpy(a) for a in (out, *F.conv2d_backward(dout, ctx, Wt))])
+        out, ctx = conv.conv2d(x, Wt, b, 1, pad, method=method)
+        results.append([device.to_numpy(a) for a in (out, *conv.conv2d_backward(dout, ctx, Wt))])
     for got, want, name in zip(results[1], results[0], ("out", "dx", "dW", "db")):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
 def test_conv_unknown_or_unfit_method_is_a_clear_error(device, rng):
     x, Wt, b = (device.asarray(a, "float64") for a in _conv_case(rng, 2, 7, 7, 3, 3, 3))
-    with pytest.raises(ValueError, match=r"unknown convolution method 'winograd'.*im2col"):
-        F.conv2d(x, Wt, b, method="winograd")
-    for method in F.STRIDE1_METHODS:
-        with pytest.raises(ValueError, match=f"'{method}' needs stride 1"):
-            F.conv2d(x, Wt, b, stride=2, method=method)
+    with pytest.raises(ConfigError, match=r"unknown convolution method 'no_such_method'.*auto, im2col"):
+        conv.conv2d(x, Wt, b, method="no_such_method")
+    g = ConvGeometry.of(x.shape, Wt.shape, 2, 0)
+    unfit = [m for m in conv.METHODS if not conv.METHODS[m].supports(g)]
+    fit = [m for m in conv.METHODS if conv.METHODS[m].supports(g)]
+    assert {"rows", "shift"} <= set(unfit) and {"im2col", "gemm"} <= set(fit)
+    for method in unfit:
+        with pytest.raises(ConfigError, match=rf"'{method}' does not support stride 2.*: auto, {', '.join(fit)}$"):
+            conv.conv2d(x, Wt, b, stride=2, method=method)
 
 
 def test_auto_picks_per_layer_and_library(device):
@@ -254,14 +267,31 @@ def test_auto_picks_per_layer_and_library(device):
     deep = [((100, 1, 28, 28), (16, 1, 3, 3), 1), ((100, 16, 28, 28), (16, 16, 3, 3), 1),
             ((100, 16, 14, 14), (32, 16, 3, 3), 1), ((100, 32, 14, 14), (32, 32, 3, 3), 2),
             ((100, 32, 8, 8), (64, 32, 3, 3), 1), ((100, 64, 8, 8), (64, 64, 3, 3), 1)]
-    got = [F.choose_conv_method(xs, ws, 1, pad, device.is_host) for xs, ws, pad in deep]
+    def choose(x_shape, W_shape, stride, pad):
+        return conv.choose(ConvGeometry.of(x_shape, W_shape, stride, pad), device.is_host)
+
+    got = [choose(xs, ws, 1, pad) for xs, ws, pad in deep]
     if device.is_host:
         assert got == ["rows"] * 6
-        assert F.choose_conv_method((100, 1, 28, 28), (30, 1, 5, 5), 1, 0, device.is_host) == "im2col"
-        assert F.choose_conv_method((100, 16, 28, 28), (16, 16, 3, 3), 2, 1, device.is_host) == "gemm"
-        assert F.choose_conv_method((100, 3, 32, 32), (16, 3, 3, 3), 2, 1, device.is_host) == "im2col"
+        assert choose((100, 1, 28, 28), (30, 1, 5, 5), 1, 0) == "im2col"
+        assert choose((100, 16, 28, 28), (16, 16, 3, 3), 2, 1) == "gemm"
+        assert choose((100, 3, 32, 32), (16, 3, 3, 3), 2, 1) == "im2col"
     else:
         assert got == ["gemm"] * 6
+
+
+@pytest.mark.parametrize("stride,pad", [(1, 1), (2, 1)])
+def test_function_and_layer_choose_by_the_same_rule(device, rng, stride, pad):
+    """``method="auto"`` runs the method :func:`conv.choose` names, in the function (which reads
+    where the arrays live) and in the layer (which asks its device)."""
+    from dualnet.layers import Convolution
+    x = device.asarray(rng.standard_normal((2, 16, 9, 9)), "float64")
+    layer = Convolution(16, 4, 3, stride, pad, device=device, dtype="float64")
+    want = conv.choose(ConvGeometry.of(x.shape, (4, 16, 3, 3), stride, pad), device.is_host)
+    _, saved = conv.conv2d(x, layer.params["W"], layer.params["b"], stride, pad)
+    layer.forward(x)
+    assert saved.method == layer.saved.method == want
+    assert want == ("gemm" if not device.is_host else "rows" if stride == 1 else "gemm")
 
 
 def max_pool_backward_reference(x, dout, PH, PW, stride, pad):
@@ -280,7 +310,8 @@ def max_pool_backward_reference(x, dout, PH, PW, stride, pad):
 
 
 @pytest.mark.parametrize("H,PH,PW,stride,pad", [(8, 2, 2, 2, 0), (7, 3, 3, 2, 1), (6, 3, 3, 1, 0),
-                                                 (6, 2, 3, 1, 1), (9, 3, 3, 3, 0)])
+                                                 (6, 2, 3, 1, 1), (9, 3, 3, 3, 0), (7, 2, 2, 2, 0),
+                                                 (8, 3, 3, 3, 0)])
 def test_max_pool_backward_first_tie_on_quantized_inputs(device, rng, H, PH, PW, stride, pad):
     """Inputs on a coarse grid (like 8-bit images after ReLU), so most windows hold ties;
     overlapping windows add their routed gradients."""
@@ -317,20 +348,39 @@ def test_shift_flip_matches_a_per_image_loop(device, rng):
 
 
 def test_rows_layout_survives_relu_and_pooling():
-    """On the CPU, "rows" hands on batch-innermost maps, and ReLU, max pooling and their
-    gradients keep that memory order, so the next "rows" layer copies its input without a
-    transpose (DeepConvNet's step at batch 256, 1 thread: 275-278 ms, 285-287 with one
-    transposing input copy).  A performance property, checked on NumPy's strides: the batch
-    axis is the innermost."""
+    """On the CPU, "rows" hands on batch-innermost maps (its declared LAYOUT), and ReLU, max
+    pooling and their gradients keep that memory order, so the next "rows" layer copies its
+    input without a transpose.  A performance property, read back from NumPy's strides."""
     from dualnet.layers import MaxPooling, ReLU
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 4, 8, 8)).astype(np.float32)
     W = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
-    out, ctx = F.conv2d(x, W, np.zeros(5, np.float32), 1, 1, method="rows")
+    out, saved = conv.conv2d(x, W, np.zeros(5, np.float32), 1, 1, method="rows")
     relu, pool = ReLU(), MaxPooling(2, 2, 2)
+    assert conv.METHODS["rows"].LAYOUT == conv.CHWN and relu.keeps_layout and pool.keeps_layout
     y = pool.forward(relu.forward(out))
     d = relu.backward(pool.backward(np.ones(y.shape, np.float32)))
-    dx = F.conv2d_backward(d, ctx, W)[0]
+    dx = conv.conv2d_backward(d, saved, W)[0]
     for name, a in (("conv out", out), ("pooled", y), ("pool dx", d), ("conv dx", dx)):
-        a = np.asarray(a)
-        assert min(a.strides) == a.strides[0] == a.itemsize, (name, a.strides)
+        assert conv.layout_of(a) == conv.CHWN, (name, a.strides)
+
+
+def test_layers_that_declare_keeping_the_layout_keep_it():
+    """Every layer declaring ``keeps_layout`` returns batch-innermost output and input gradient
+    for a batch-innermost input; every method returns the LAYOUT it declares."""
+    from dualnet import layers as L
+    rng = np.random.default_rng(1)
+    x = np.transpose(rng.standard_normal((3, 6, 6, 5)), (3, 0, 1, 2))   # (N, C, H, W), CHWN order
+    assert conv.layout_of(x) == conv.CHWN and conv.layout_of(np.ascontiguousarray(x)) == conv.NCHW
+    candidates = [L.ReLU(), L.Sigmoid(), L.Tanh(), L.MaxPooling(2), L.MaxPooling(3, stride=1),
+                  L.MaxPooling(2, pad=1), L.AvgPooling(2), L.Dropout(0.5)]
+    declared = [layer for layer in candidates if layer.keeps_layout]
+    assert [type(layer).__name__ for layer in declared] == ["ReLU", "Sigmoid", "Tanh", "MaxPooling", "MaxPooling"]
+    for layer in declared:
+        out = layer.forward(x, train=True)
+        dx = layer.backward(np.transpose(rng.standard_normal((*out.shape[1:], out.shape[0])), (3, 0, 1, 2)))
+        assert conv.layout_of(out) == conv.layout_of(dx) == conv.CHWN, layer
+    W, b = rng.standard_normal((4, 3, 3, 3)), np.zeros(4)
+    for name, m in conv.METHODS.items():
+        out, _ = conv.conv2d(np.ascontiguousarray(x), W, b, 1, 1, method=name)
+        assert conv.layout_of(out) == m.LAYOUT, name

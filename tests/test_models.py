@@ -52,8 +52,8 @@ def test_models_build_with_book_shapes():
 def test_misfit_shapes_name_the_layer():
     with pytest.raises(ValueError, match=r"layer 2 .*Affine.*expects 10 input features"):
         dn.Sequential([dn.Affine(4, 8), dn.ReLU(), dn.Affine(10, 2)], input_shape=(4,))
-    with pytest.raises(ValueError, match="fractional output size"):
-        dn.DeepConvNet((1, 8, 8))
+    with pytest.raises(ValueError, match="pooling: window 2 is larger than the padded input"):
+        dn.DeepConvNet((1, 2, 2))
     net = dn.TwoLayerNet(4, 3, 2)
     with pytest.raises(ValueError, match=r"shape \(2, 5\).*expects \(N, 4\)"):
         net.predict(net.device.asarray(np.ones((2, 5)), "float32"))
@@ -90,19 +90,28 @@ def test_device_parity_of_training_steps(device):
     assert a[-1] < a[0]
 
 
-def test_first_layer_input_gradient_is_skipped():
-    net = dn.SimpleConvNet((1, 8, 8), filter_num=2, filter_size=3, pad=1, hidden_size=4)
-    calls = []
-    import dualnet.functions as F
-    orig = F.col2im
-    F.col2im = lambda *a, **k: calls.append(1) or orig(*a, **k)
-    try:
-        x = net.device.asarray(np.random.default_rng(0).random((2, 1, 8, 8)), "float32")
-        net.loss(x, net.device.asarray(np.array([1, 2])), train=True)
-        net.backward()
-    finally:
-        F.col2im = orig
-    assert calls == [] and "0.W" in net.grads
+@pytest.mark.parametrize("method", ["auto", "im2col", "gemm", "rows", "shift"])
+def test_first_layer_input_gradient_is_skipped(monkeypatch, method):
+    """The first convolution's backward runs with need_dx=False and returns no dx; the later
+    ones compute theirs; whichever method runs."""
+    from dualnet import conv
+    net = dn.DeepConvNet((1, 8, 8), hidden_size=4, conv_method=method)
+    calls, orig = [], conv.conv2d_backward
+
+    def spy(dout, saved, W, need_dx=True):
+        dx, dW, db = orig(dout, saved, W, need_dx)
+        calls.append((saved.method, need_dx, dx is None))
+        return dx, dW, db
+
+    monkeypatch.setattr(conv, "conv2d_backward", spy)
+    x = net.device.asarray(np.random.default_rng(0).random((2, 1, 8, 8)), "float32")
+    net.loss(x, net.device.asarray(np.array([1, 2])), train=True)
+    net.backward()
+    convs = [layer for layer in net.layers if isinstance(layer, dn.Convolution)][::-1]   # backward order
+    assert [c[1:] for c in calls] == [(True, False)] * 5 + [(False, True)]
+    assert [c[0] for c in calls] == [layer.saved.method for layer in convs]
+    assert method == "auto" or {c[0] for c in calls} == {method}
+    assert "0.W" in net.grads
 
 
 def test_accuracy_in_batches_matches_one_batch(device):
@@ -167,7 +176,7 @@ def test_every_conv_method_trains_the_same_network(device, name):
     x = device.asarray(rng.standard_normal((n,) + shape), "float64")
     t = device.asarray(rng.integers(0, model.output_shape[0], n))
     results = {}
-    for method in dn.functions.CONV_METHODS:
+    for method in dn.conv.method_names():
         model.set_conv_method(method)
         loss = device.to_numpy(model.loss(x, t, train=False))
         model.backward()

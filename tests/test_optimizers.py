@@ -1,5 +1,3 @@
-import math
-
 import numpy as np
 import pytest
 
@@ -7,47 +5,38 @@ import dualnet as dn
 from dualnet.optimizers import OPTIMIZERS, LRSchedule, make_optimizer
 
 
-def reference_steps(name, p, grads, lr):
-    """The book's update rules (common/optimizer.py) on NumPy, step by step."""
-    p = p.copy()
-    v = np.zeros_like(p)
-    h = np.zeros_like(p)
-    m = np.zeros_like(p)
-    for t, g in enumerate(grads, start=1):
-        if name == "sgd":
-            p -= lr * g
-        elif name == "momentum":
-            v = 0.9 * v - lr * g
-            p += v
-        elif name == "nesterov":
-            v *= 0.9
-            v -= lr * g
-            p += 0.9 * 0.9 * v
-            p -= (1 + 0.9) * lr * g
-        elif name == "adagrad":
-            h += g * g
-            p -= lr * g / (np.sqrt(h) + 1e-7)
-        elif name == "rmsprop":
-            h = 0.99 * h + 0.01 * g * g
-            p -= lr * g / (np.sqrt(h) + 1e-7)
-        elif name == "adam":
-            lr_t = lr * math.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
-            m += 0.1 * (g - m)
-            h += 0.001 * (g * g - h)
-            p -= lr_t * m / (np.sqrt(h) + 1e-7)
-    return p
+# Three steps of each rule from p = [1, -2] with lr = 0.1 and gradients [0.5, 1], [-1, 0], [2, -0.5],
+# worked by hand with the book's update rules (common/optimizer.py: momentum 0.9, RMSprop decay
+# 0.99, Adam betas 0.9 / 0.999, eps 1e-7).  First steps, to check the arithmetic:
+#   sgd       1 - 0.1*0.5 = 0.95
+#   momentum  v = -0.05, p = 0.95;  then v = 0.9*-0.05 + 0.1 = 0.055, p = 1.005
+#   nesterov  v = -0.05, p = 1 + 0.81*v - 1.9*0.1*0.5 = 0.8645
+#   adagrad   h = 0.25, p = 1 - 0.05/(0.5 + 1e-7) = 0.90000002
+#   rmsprop   h = 0.0025, p = 1 - 0.05/(0.05 + 1e-7) = 2.0e-6
+#   adam      lr_t = 0.1*sqrt(0.001)/0.1, m = 0.05, v = 0.00025, p = 1 - lr_t*m/(sqrt(v) + 1e-7)
+BOOK_STEPS = {
+    "sgd": ([0.95, 1.05, 0.85], [-2.1, -2.1, -2.05]),
+    "momentum": ([0.95, 1.005, 0.8545], [-2.1, -2.19, -2.221]),
+    "nesterov": ([0.8645, 1.09905, 0.597145], [-2.271, -2.3439, -2.27401]),
+    "adagrad": ([0.900000019999996, 0.9894427310999883, 0.902155578815115],
+                [-2.099999990000001, -2.099999990000001, -2.055278634450005]),
+    "rmsprop": ([1.999996000034976e-06, 0.8953241604652018, 0.021205430953531113],
+                [-2.999999000001, -2.999999000001, -2.549182914639126]),
+    "adam": ([0.900000632451532, 0.936610881595338, 0.8946453776819329],
+             [-2.099999683773234, -2.1670052971905087, -2.1847319668201095]),
+}
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_update_rules_match_the_book(device, name):
-    rng = np.random.default_rng(0)
-    p0 = rng.standard_normal((3, 4))
-    grads = [rng.standard_normal((3, 4)) for _ in range(4)]
-    opt = make_optimizer(name, 0.05)
-    params = {"w": device.asarray(p0.copy(), "float64")}  # the CPU would share p0's memory
-    for g in grads:
-        opt.update(params, {"w": device.asarray(g, "float64")})
-    np.testing.assert_allclose(device.to_numpy(params["w"]), reference_steps(name, p0, grads, 0.05), rtol=1e-12)
+    grads = [[0.5, 1.0], [-1.0, 0.0], [2.0, -0.5]]
+    opt = make_optimizer(name, 0.1)
+    params = {"w": device.asarray(np.array([1.0, -2.0]), "float64")}
+    want = np.array(BOOK_STEPS[name]).T  # (step, element)
+    for step, g in enumerate(grads):
+        opt.update(params, {"w": device.asarray(np.array(g), "float64")})
+        np.testing.assert_allclose(device.to_numpy(params["w"]), want[step], rtol=1e-12, atol=1e-15,
+                                   err_msg=f"{name}, step {step + 1}")
     for slot in opt.state.values():  # state lives on the parameters' device
         for arr in slot.values():
             device.check(arr, "optimizer state")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 
-from ..backend import get_device, namespace
+from ..backend import get_device, namespace, tune_allocator
 from ..errors import ConfigError, DataError, DeviceError
 
 __all__ = ["device", "dtype", "next_seed", "host", "dataset_name", "data_dir", "is_host_data",
@@ -36,6 +36,7 @@ def device():
     """The :class:`~dualnet.backend.Device` named by ``DUALNET_DEVICE`` (default ``cpu``)."""
     spec = os.environ.get(ENV_DEVICE, "").strip() or "cpu"
     if spec not in _devices:
+        tune_allocator()  # a book script is a program of its own: tune its allocator once
         try:
             _devices[spec] = get_device(spec)
         except DeviceError as e:

@@ -2,14 +2,23 @@
 from __future__ import annotations
 
 import math
+import os
+import pickle
+import sys
+from collections import OrderedDict
+
+import numpy as np
 
 from .. import models as M
-from ..layers import Affine, Convolution, Dropout, MaxPooling, ReLU
+from .. import layers as L   # dualnet's layers; the book's (same names) are exported below
 from ._env import model_kwargs
 from ._net import BookNetwork
+from .common.layers import *   # noqa: F403 -- as the book's module does
+from .common.layers import __all__ as _LAYERS
 from .simple_convnet import conv_settings
 
-__all__ = ["DeepConvNet"]
+# The book's module imports these itself, so its star import hands them on (it has no __all__).
+__all__ = ["DeepConvNet", *_LAYERS, "np", "os", "sys", "OrderedDict", "pickle"]
 
 
 class DeepConvNet(BookNetwork):
@@ -38,14 +47,14 @@ class DeepConvNet(BookNetwork):
         convs = (conv_param_1, conv_param_2, conv_param_3, conv_param_4, conv_param_5, conv_param_6)
         for k, cp in enumerate(convs, 1):
             fn, fs, pad, stride = conv_settings(cp, f"conv_param_{k}")
-            layers += [Convolution(c, fn, fs, stride, pad), ReLU()]
+            layers += [L.Convolution(c, fn, fs, stride, pad), L.ReLU()]
             if k % 2 == 0:
-                layers.append(MaxPooling(2, 2, 2))
+                layers.append(L.MaxPooling(2, 2, 2))
             c = fn
         for layer in layers:  # the flattened size the hidden Affine takes
             shape = layer.output_shape(shape)
-        layers += [Affine(math.prod(shape), hidden_size), ReLU(), Dropout(0.5),
-                   Affine(hidden_size, output_size), Dropout(0.5)]
+        layers += [L.Affine(math.prod(shape), hidden_size), L.ReLU(), L.Dropout(0.5),
+                   L.Affine(hidden_size, output_size), L.Dropout(0.5)]
         super().__init__(M.Sequential(layers, tuple(input_dim), weight_init="he", **model_kwargs()))
 
     def loss(self, x, t, train_flg=True):

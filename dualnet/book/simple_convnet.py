@@ -1,12 +1,23 @@
 """The book's ``simple_convnet.py`` (chapter 7)."""
 from __future__ import annotations
 
+import os
+import pickle
+import sys
+from collections import OrderedDict
+
+import numpy as np
+
 from .. import models as M
 from ..errors import ConfigError
 from ._env import model_kwargs, weight_init
 from ._net import BookNetwork
+from .common.layers import *   # noqa: F403 -- as the book's module does
+from .common.layers import __all__ as _LAYERS
+from .common.gradient import numerical_gradient
 
-__all__ = ["SimpleConvNet", "conv_settings"]
+# The book's module imports these itself, so its star import hands them on (it has no __all__).
+__all__ = ["SimpleConvNet", "conv_settings", *_LAYERS, "np", "os", "sys", "OrderedDict", "numerical_gradient", "pickle"]
 
 _CONV_KEYS = ("filter_num", "filter_size", "pad", "stride")
 

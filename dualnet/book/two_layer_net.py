@@ -1,11 +1,21 @@
 """The book's ``two_layer_net.py`` of chapter 5: Affine - ReLU - Affine - SoftmaxWithLoss."""
 from __future__ import annotations
 
+import os
+import sys
+from collections import OrderedDict
+
+import numpy as np
+
 from .. import models as M
 from ._env import model_kwargs, weight_init
 from ._net import BookNetwork
+from .common.layers import *   # noqa: F403 -- as the book's module does
+from .common.layers import __all__ as _LAYERS
+from .common.gradient import numerical_gradient
 
-__all__ = ["TwoLayerNet"]
+# The book's module imports these itself, so its star import hands them on (it has no __all__).
+__all__ = ["TwoLayerNet", *_LAYERS, "np", "os", "sys", "OrderedDict", "numerical_gradient"]
 
 
 class TwoLayerNet(BookNetwork):

@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import plots
 from ..optimizers import make_optimizer
+from ..seeds import trial_seed
 from ..training import train_steps
 from ..models import MultiLayerNet
 from .common import progress, source, study_data, subset
@@ -45,7 +46,7 @@ def study_overfit(dev, out, quick, data_dir, seed, dataset="auto", **_):
         opt = make_optimizer("sgd", 0.01)
         tr, te = [], []
         for e in range(epochs):
-            train_steps(net, opt, src, n // batch, seed * 1000 + e)
+            train_steps(net, opt, src, n // batch, trial_seed(seed, e))
             tr.append(net.accuracy(src.x, src.t))
             te.append(net.accuracy(test.x, test.t))
         res[name] = {"train_acc": tr, "test_acc": te, "final_gap": tr[-1] - te[-1]}

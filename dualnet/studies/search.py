@@ -9,7 +9,7 @@ import numpy as np
 from .. import plots
 from ..optimizers import make_optimizer
 from ..training import train_steps
-from ..backend import get_device
+from ..backend import get_device, tune_allocator
 from ..models import MultiLayerNet
 from .common import progress, source, study_data, subset
 
@@ -42,7 +42,8 @@ def study_search(dev, out, quick, data_dir, seed, workers=None, dataset="auto", 
     if dev.is_host and (workers or os.cpu_count() or 1) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(workers or os.cpu_count(), mp_context=multiprocessing.get_context("spawn")) as ex:
+        with ProcessPoolExecutor(workers or os.cpu_count(), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=tune_allocator) as ex:
             results = list(progress(ex.map(_trial, jobs), "trials", len(jobs)))
     else:
         results = [_trial(j) for j in progress(jobs, "trials")]

@@ -6,13 +6,22 @@ applied), as that chapter's version does.  Chapter 5's ReLU version is
 """
 from __future__ import annotations
 
+import os
+import sys
+
+import numpy as np
+
 from ... import functions as F
 from ... import models as M
 from ...layers import Affine, Sigmoid
 from .._env import model_kwargs, weight_init
 from .._net import BookNetwork
+from ..common.functions import *   # noqa: F403 -- as the book's module does
+from ..common.functions import __all__ as _FUNCTIONS
+from ..common.gradient import numerical_gradient
 
-__all__ = ["TwoLayerNet"]
+# The book's module imports these itself, so its star import hands them on (it has no __all__).
+__all__ = ["TwoLayerNet", *_FUNCTIONS, "numerical_gradient", "np", "os", "sys"]
 
 
 class TwoLayerNet(BookNetwork):

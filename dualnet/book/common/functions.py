@@ -6,12 +6,15 @@ Python floats, as the book prints them; the activations return arrays.
 """
 from __future__ import annotations
 
+import numpy as np   # the book's module exports np through a star import
+
 from ... import functions as F
 from ...backend import namespace
 from .._env import device, host, is_host_data
 
 __all__ = ["identity_function", "step_function", "sigmoid", "sigmoid_grad", "relu", "relu_grad",
-           "softmax", "mean_squared_error", "cross_entropy_error", "softmax_loss"]
+           "softmax", "mean_squared_error", "sum_squared_error", "cross_entropy_error", "softmax_loss",
+           "np"]
 
 
 def _arr(x):
@@ -73,6 +76,10 @@ def mean_squared_error(y, t):
     y, t = _pair(y, t)
     d = y - t
     return float(namespace(y).sum(d * d)) * 0.5
+
+
+# The book's current name for the same loss (its first printings said mean_squared_error).
+sum_squared_error = mean_squared_error
 
 
 def cross_entropy_error(y, t):

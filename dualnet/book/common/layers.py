@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ... import layers as L
 from ...errors import ShapeError
 from .._env import device, dtype as env_dtype
 from .._net import to_device_input, to_device_labels
+from .functions import *   # noqa: F403 -- the book's layers.py star-imports its functions
+from .functions import __all__ as _FUNCTIONS
+from .util import col2im, im2col
 
 __all__ = ["Relu", "Sigmoid", "Affine", "SoftmaxWithLoss", "Dropout", "BatchNormalization",
-           "Convolution", "Pooling"]
+           "Convolution", "Pooling", *_FUNCTIONS, "im2col", "col2im"]
 
 
 def _float_dtype(a):

@@ -1,11 +1,21 @@
 """The book's ``common/multi_layer_net_extend.py``: MultiLayerNet with dropout and batch norm."""
 from __future__ import annotations
 
+import os
+import sys
+from collections import OrderedDict
+
+import numpy as np
+
 from ... import models as M
 from .._env import model_kwargs, weight_init
 from .._net import BookNetwork
+from .layers import *   # noqa: F403 -- as the book's module does
+from .layers import __all__ as _LAYERS
+from .gradient import numerical_gradient
 
-__all__ = ["MultiLayerNetExtend"]
+# The book's module imports these itself, so its star import hands them on (it has no __all__).
+__all__ = ["MultiLayerNetExtend", *_LAYERS, "np", "os", "sys", "OrderedDict", "numerical_gradient"]
 
 
 class MultiLayerNetExtend(BookNetwork):

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np   # the book's module exports np through a star import
+
 from ... import optimizers as O
 from ...errors import ConfigError
 from .._env import host
 
-__all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam"]
+__all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "np"]
 
 
 class _BookUpdate:

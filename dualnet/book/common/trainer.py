@@ -3,13 +3,19 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import sys
+
+import numpy as np
 
 from ...errors import ConfigError, ShapeError
+from ...seeds import book_seed as _book_seed
 from .._env import host, is_host_data, next_seed
 from .._net import BookNetwork
 from .optimizer import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop
 
-__all__ = ["Trainer"]
+# The book's module imports these itself, so its star import hands them on (it has no __all__).
+__all__ = ["Trainer", "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "np", "os", "sys"]
 
 # The book's keys; its misspelt 'rmsprpo' is accepted too.
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adagrad": AdaGrad,
@@ -81,7 +87,7 @@ class Trainer:
         self.x_train, self.t_train = self._place(x_train, t_train)
         self.x_test, self.t_test = self._place(x_test, t_test)
         self._on_device = self._device is not None and self._device.owns(self.x_train)
-        self._rng = (self._device if self._on_device else host()).rng(next_seed() + 1_000_003)
+        self._rng = (self._device if self._on_device else host()).rng(_book_seed(next_seed(), "trainer"))
 
         self.train_size = x_train.shape[0]
         self.iter_per_epoch = max(self.train_size / self.batch_size, 1)

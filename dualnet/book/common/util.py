@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np   # the book's module exports np through a star import
+
 from ... import functions as F
 from ...backend import namespace
 from ...errors import ShapeError
+from ...seeds import book_seed as _book_seed
 from .._env import device, host, is_host_data, next_seed
 
-__all__ = ["smooth_curve", "shuffle_dataset", "conv_output_size", "im2col", "col2im"]
+__all__ = ["smooth_curve", "shuffle_dataset", "conv_output_size", "im2col", "col2im", "np"]
 
 _shuffle_rng = None
 
@@ -69,7 +72,7 @@ def shuffle_dataset(x, t):
         raise ShapeError(f"x has {x.shape[0]} samples but t has {t.shape[0]}; shuffle_dataset "
                          f"needs one label per sample")
     if _shuffle_rng is None:
-        _shuffle_rng = host().rng(next_seed() + 7_777_777)
+        _shuffle_rng = host().rng(_book_seed(next_seed(), "shuffle"))
     perm = _shuffle_rng.permutation(x.shape[0])
     if is_host_data(x):
         return x[perm], t[perm]

@@ -1,10 +1,26 @@
 """The book's ``dataset/mnist.py``: ``load_mnist`` over :func:`dualnet.data.load_dataset`."""
 from __future__ import annotations
 
+import gzip
+import os
+import pickle
+import urllib.request
+
+import numpy as np
+
 from ...data import load_dataset
 from .._env import data_dir, dataset_name
 
-__all__ = ["load_mnist"]
+# The book's module-level names that describe the data (its download URL, its folder and its
+# mnist.pkl cache are not dualnet's: files come from dualnet.data's lookup and are never pickled).
+key_file = {"train_img": "train-images-idx3-ubyte.gz", "train_label": "train-labels-idx1-ubyte.gz",
+            "test_img": "t10k-images-idx3-ubyte.gz", "test_label": "t10k-labels-idx1-ubyte.gz"}
+train_num, test_num = 60000, 10000
+img_dim, img_size = (1, 28, 28), 784
+
+# The book's module imports these itself, so its star import hands them on (it has no __all__).
+__all__ = ["load_mnist", "key_file", "train_num", "test_num", "img_dim", "img_size", "np", "os",
+           "gzip", "pickle", "urllib"]
 
 
 def load_mnist(normalize=True, flatten=True, one_hot_label=False):
