@@ -5,7 +5,7 @@
 >>> net = dn.SimpleConvNet(device=dev)
 
 The core (no module of it imports an application): ``backend`` (devices), ``errors``,
-``functions``, ``init``, ``layers``, ``models``, ``optimizers``, ``training``, ``io``,
+``functions``, ``init``, ``params``, ``layers``, ``models``, ``optimizers``, ``training``, ``io``,
 ``checkpoint``, ``gradcheck``.  The applications built on it: ``data``, ``plots``,
 ``bench``, ``studies``, ``cli``.
 """

@@ -11,9 +11,10 @@ How a step is shared
     K does not divide are split as evenly as they can be, and a rank may get none.  Each rank's
     loss is the mean over its slice; it scales its gradients by ``local_n / n`` and the
     all-reduce sums them, which is the mean over the whole batch: the single-process update,
-    up to the order of the floating-point sums.  The optimizer concatenates all gradients
-    into one flat buffer (:meth:`dualnet.optimizers.Optimizer.update`'s ``reduce`` hook), so a
-    step is ONE all-reduce of one buffer.
+    up to the order of the floating-point sums.  The model's backward leaves all gradients
+    in one flat buffer, which the optimizer hands to the all-reduce
+    (:meth:`dualnet.optimizers.Optimizer.update`'s ``reduce`` hook), so a step is ONE
+    all-reduce of one buffer.
 
 Where the all-reduce runs
     On a CUDA device, on the GPU through NCCL (the device's :meth:`~dualnet.backend.Device.
@@ -179,7 +180,7 @@ class Communicator:
         ``weight`` (the weights sum to 1; default 1/size): sum over ranks of weight * flat.
 
         ONE all-reduce; may work in place on ``flat`` (pass a buffer the caller owns: the
-        optimizer passes its fresh concatenation of the gradients)."""
+        optimizer passes the model's flat gradient buffer, made afresh by every backward)."""
         return flat
 
     # -- host-side agreement (small, once per step or per logging interval) -------------

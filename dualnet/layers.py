@@ -1,11 +1,12 @@
 """Layers: each forward sits next to its backward, and forward keeps exactly what backward needs.
 
-A layer creates and owns its parameters (``params``, drawn from a seeded host
-generator so one seed gives the same layer on every device), their ``grads`` after
-``backward``, and ``buffers`` (state saved in checkpoints but not trained, such as
-batch norm's running statistics).  Each parameter has a role (``weight``, ``bias``,
-``scale``, ``shift``), which is how weight decay picks the weights.  A layer works
-alone:
+A layer declares its parameters (:meth:`Layer.param_specs`: shape, how the initial value is
+drawn from a seeded host generator, role) and is built once: a model builds all its layers
+together (:func:`build_layers`: one device, one generator, one flat buffer whose views are the
+layers' ``params``); a layer used alone builds itself on first use, from its own ``seed`` and
+``device``.  It holds ``grads`` after ``backward``, and ``buffers`` (state saved in checkpoints
+but not trained, such as batch norm's running statistics).  Each parameter's role (``weight``,
+``bias``, ``scale``, ``shift``) is how weight decay picks the weights.  A layer works alone:
 
 >>> fc = Affine(3, 2, device="cpu", seed=0)
 >>> out = fc.forward(x, train=True); dx = fc.backward(dout); fc.grads["W"]
@@ -21,7 +22,7 @@ import math
 from . import conv, functions as F
 from .backend import HostRNG, array_device, get_device, namespace, on_device_of
 from .errors import ConfigError, ShapeError
-from .init import weight_std
+from .params import ParamSpec, place
 
 __all__ = ["Layer", "Affine", "ReLU", "Sigmoid", "Tanh", "Flatten", "Resize", "Convolution",
            "MaxPooling", "AvgPooling", "BatchNormalization", "Dropout", "Loss", "SoftmaxWithLoss", "MeanSquaredError",
@@ -34,9 +35,12 @@ class Layer:
     Parameters (keyword-only, for every layer)
     ----------
     device : str or Device, default "cpu"
+        Where a layer used alone lives (resolved on first use); a model puts its layers on
+        its own device.
     dtype : {"float32", "float64"}
     seed : int or HostRNG
-        Draws the initial parameters on the host.
+        Draws the initial parameters on the host when the layer builds itself (a model draws
+        from its own generator instead).
     weight_init : float or {"he", "xavier"}
         Standard deviation rule for weights (see :mod:`dualnet.init`).
 
@@ -58,43 +62,61 @@ class Layer:
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
+        if "_init_params" in cls.__dict__:  # the hook before the build phase: drawn, never called
+            raise TypeError(f"{cls.__name__} defines _init_params(); a layer declares its parameters "
+                            f"with param_specs() (dualnet.params.ParamSpec) instead")
         _bind_compute(cls)
 
     def __init__(self, *, device="cpu", dtype="float32", seed=0, weight_init="he"):
-        self.device = get_device(device)
+        self._device_spec, self._device = device, None   # resolved on first use
         self.dtype = _check_dtype(dtype)
-        self.weight_init = weight_init
-        self.params, self.grads, self.buffers = {}, {}, {}
+        self._seed, self.weight_init = seed, weight_init
+        self._params, self._buffers, self.grads = None, None, {}
         self.need_dx = True
-        self.reset_parameters(seed)
 
     # -- parameters ----------------------------------------------------------------
-    def reset_parameters(self, rng=0, weight_init=None):
-        """Draw fresh parameters and buffers from ``rng`` (a seed or a :class:`HostRNG`)."""
-        if weight_init is not None:
-            self.weight_init = weight_init
-        host = rng if isinstance(rng, HostRNG) else HostRNG(rng)
-        dt = self.device.dtype(self.dtype)
-        with self.device.bind():
-            self.params = {k: self.device.asarray(v, dt) for k, v in self._init_params(host).items()}
-            self.buffers = {k: self.device.asarray(v, dt) for k, v in self._init_buffers().items()}
-        self.grads = {}
+    @property
+    def device(self):
+        """The layer's device: its own ``device=`` used alone, its model's inside one."""
+        if self._device is None:
+            self._device = get_device(self._device_spec)
+        return self._device
+
+    @property
+    def params(self):
+        """Parameters by name (device arrays); a layer used alone builds itself on first use."""
+        if self._params is None:
+            self.build()
+        return self._params
+
+    @property
+    def buffers(self):
+        if self._buffers is None:
+            self.build()
+        return self._buffers
+
+    def param_specs(self):
+        """The parameters this layer declares, by name in drawing order: :class:`ParamSpec`."""
+        return {}
+
+    def _spec(self, name, shape, init, fan_in=0):
+        return ParamSpec(tuple(int(s) for s in shape), init, self.roles[name], int(fan_in))
+
+    def build(self, rng=None):
+        """Draw fresh parameters and buffers from ``rng`` (a seed or a :class:`HostRNG`; default:
+        the layer's own ``seed``) into one flat buffer on the layer's device; returns self."""
+        build_layers([self], self.device, self.dtype, self._seed if rng is None else rng)
         return self
 
     def to(self, device=None, dtype=None):
         """Move parameters and buffers to ``device`` and/or ``dtype`` (copies); returns self."""
-        self.device = get_device(device if device is not None else self.device)
-        self.dtype = _check_dtype(dtype or self.dtype)
-        dt = self.device.dtype(self.dtype)
-        with self.device.bind():
-            self.params = {k: self.device.asarray(v, dt) for k, v in self.params.items()}
-            self.buffers = {k: self.device.asarray(v, dt) for k, v in self.buffers.items()}
-        self.grads = {}
+        new = get_device(device if device is not None else self.device)
+        dtype = _check_dtype(dtype or self.dtype)
+        if self._params is None:  # not built yet: it builds there
+            self._device, self.dtype = new, dtype
+        else:
+            move_layers([self], new, dtype)
         return self
-
-    def _init_params(self, rng):
-        """Initial parameters as host arrays, drawn from ``rng`` (a :class:`HostRNG`)."""
-        return {}
 
     def _init_buffers(self):
         """Initial buffers as host arrays."""
@@ -148,6 +170,41 @@ def _bound(method):
     run.__name__, run.__qualname__, run.__doc__ = method.__name__, method.__qualname__, method.__doc__
     run.__wrapped__ = method
     return run
+
+
+def build_layers(layers, device, dtype, rng=0, weight_init=None):
+    """Build ``layers`` together on ``device``: every parameter drawn once, in order, from one
+    host generator ``rng`` (a seed or a :class:`HostRNG`), all of them in ONE flat buffer (one
+    transfer) whose views become the layers' ``params``; the buffers likewise.
+
+    ``weight_init``, when given, replaces every layer's own rule.  Returns the two flat buffers
+    (parameters, buffers), each None when there is nothing in it.
+    """
+    host = rng if isinstance(rng, HostRNG) else HostRNG(rng)
+    params, buffers = [], []
+    for layer in layers:
+        if weight_init is not None:
+            layer.weight_init = weight_init
+        params.append({k: s.draw(host, layer.weight_init) for k, s in layer.param_specs().items()})
+        buffers.append(layer._init_buffers())
+    return _place_layers(layers, device, dtype, params, buffers)
+
+
+def move_layers(layers, device, dtype):
+    """Copy the layers' current parameters and buffers into new flat buffers on ``device``
+    (as :func:`build_layers` places them); returns the two flat buffers."""
+    params = [{k: l.device.to_numpy(v) for k, v in l.params.items()} for l in layers]
+    buffers = [{k: l.device.to_numpy(v) for k, v in l.buffers.items()} for l in layers]
+    return _place_layers(layers, device, dtype, params, buffers)
+
+
+def _place_layers(layers, device, dtype, params, buffers):
+    P, pviews = place(device, dtype, params)
+    B, bviews = place(device, dtype, buffers)
+    for layer, pv, bv in zip(layers, pviews, bviews):
+        layer._device, layer.dtype = device, dtype
+        layer._params, layer._buffers, layer.grads = pv, bv, {}
+    return P, B
 
 
 def _check_dtype(dtype):
@@ -279,10 +336,9 @@ class Affine(Layer):
                              f"shape {shape} ({n} features)")
         return (self.out_features,)
 
-    def _init_params(self, rng):
-        std = weight_std(self.weight_init, self.in_features)
-        return {"W": rng.normal((self.in_features, self.out_features), std),
-                "b": rng.zeros(self.out_features)}
+    def param_specs(self):
+        return {"W": self._spec("W", (self.in_features, self.out_features), "normal", self.in_features),
+                "b": self._spec("b", (self.out_features,), "zeros")}
 
     def forward(self, x, train=False):
         xp = namespace(x)
@@ -343,9 +399,9 @@ class Convolution(Layer):
         conv.resolve(self.method, g)   # an explicit method that cannot run this geometry fails here
         return (self.FN, g.OH, g.OW)
 
-    def _init_params(self, rng):
-        std = weight_std(self.weight_init, self.C * self.FH * self.FW)
-        return {"W": rng.normal((self.FN, self.C, self.FH, self.FW), std), "b": rng.zeros(self.FN)}
+    def param_specs(self):
+        return {"W": self._spec("W", (self.FN, self.C, self.FH, self.FW), "normal", self.C * self.FH * self.FW),
+                "b": self._spec("b", (self.FN,), "zeros")}
 
     def forward(self, x, train=False):
         # "auto" chooses by geometry and by whether the device is the host or launch-bound
@@ -478,8 +534,8 @@ class BatchNormalization(Layer):
             raise ShapeError(f"BatchNormalization has {self.D} features but gets input {shape}")
         return shape
 
-    def _init_params(self, rng):
-        return {"gamma": rng.ones(self.D), "beta": rng.zeros(self.D)}
+    def param_specs(self):
+        return {"gamma": self._spec("gamma", (self.D,), "ones"), "beta": self._spec("beta", (self.D,), "zeros")}
 
     def _init_buffers(self):
         return {"running_mean": HostRNG.zeros(self.D), "running_var": HostRNG.ones(self.D)}
@@ -551,10 +607,19 @@ class Dropout(Layer):
         The generator is made once per device and then only re-seeded: on CuPy a new generator
         is a cuRAND generator created, and later destroyed, per step."""
         self.seed = int(seed)
-        if getattr(self, "_rng_device", None) is self.device:
-            self.rng.reseed(self.seed)
+        if getattr(self, "_rng", None) is not None and self._rng_device is self._device:
+            self._rng.reseed(self.seed)
+        elif self._device is not None:  # built (a model re-seeds after building): make it now
+            self._rng, self._rng_device = self._device.rng(self.seed), self._device
         else:
-            self.rng, self._rng_device = self.device.rng(self.seed), self.device
+            self._rng = None  # made on first use, once the layer's device is resolved
+
+    @property
+    def rng(self):
+        """The device generator of the masks (made on the layer's device at first use)."""
+        if self._rng is None or self._rng_device is not self.device:
+            self._rng, self._rng_device = self.device.rng(self.seed), self.device
+        return self._rng
 
     def to(self, device=None, dtype=None):
         super().to(device, dtype)

@@ -12,9 +12,11 @@ from .backend import HostRNG, get_device, namespace, on_device_of
 from .errors import ConfigError, DTypeError, ShapeError
 from .seeds import layer_seed
 from .layers import (Affine, BatchNormalization, Convolution, Dropout, Flatten, MaxPooling, ReLU,
-                     Resize, Sigmoid, SoftmaxWithLoss, Tanh, _check_dtype, layer_from_spec)
+                     Resize, Sigmoid, SoftmaxWithLoss, Tanh, _check_dtype, build_layers, layer_from_spec,
+                     move_layers)
+from .params import FlatDict, concat, place, split
 
-__all__ = ["Sequential", "ParamDict", "TwoLayerNet", "MultiLayerNet", "SimpleConvNet", "DeepConvNet",
+__all__ = ["Sequential", "TwoLayerNet", "MultiLayerNet", "SimpleConvNet", "DeepConvNet",
            "AlexNet", "MODELS", "build_model", "model_from_config", "count_correct"]
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
@@ -32,36 +34,16 @@ def count_correct(scores, t):
         return xp.count_nonzero(xp.argmax(scores, axis=1) == t)
 
 
-class ParamDict(dict):
-    """A network's parameters by name: the layers' own arrays.  Assigning a key re-binds that
-    layer's parameter (the book's ``params[key] -= lr * grad`` keeps working, and an optimizer
-    can serve all parameters from views of one flat buffer)."""
-
-    rebinds = True
-
-    def __init__(self, layers):
-        super().__init__((f"{i}.{k}", v) for i, l in enumerate(layers) for k, v in l.params.items())
-        self._layers = layers
-
-    def __setitem__(self, key, value):
-        if key not in self:
-            raise KeyError(f"{key!r} is not a parameter of this network; it has {', '.join(self)}")
-        i, name = key.split(".", 1)
-        layer = self._layers[int(i)]
-        if tuple(value.shape) != tuple(layer.params[name].shape):
-            raise ShapeError(f"parameter {key!r} has shape {tuple(layer.params[name].shape)}; "
-                             f"cannot bind an array of shape {tuple(value.shape)}")
-        layer.params[name] = value
-        super().__setitem__(key, value)
-
-
 class Sequential:
     """Layers applied in order, followed by a loss.
 
-    Sequential only composes: each layer owns its parameters; the network moves its
-    layers to one device and dtype, draws their initial parameters from one seeded host
-    generator (so one seed gives the same network on every device), and collects their
-    parameters and gradients under the names ``"{layer index}.{name}"`` (e.g. ``"0.W"``).
+    Sequential composes and builds: it resolves its device once, draws every layer's declared
+    parameters once from one seeded host generator (so one seed gives the same network on every
+    device) into ONE flat parameter buffer on the device whose views are the layers' ``params``,
+    and after each :meth:`backward` gathers the layers' gradients into ONE flat gradient buffer
+    whose views become the layers' ``grads``.  :attr:`params` and :attr:`grads` name them
+    ``"{layer index}.{name}"`` (e.g. ``"0.W"``) and carry the flat buffers, which the optimizers
+    update in one go (:class:`dualnet.params.FlatDict`).
 
     Parameters
     ----------
@@ -113,9 +95,9 @@ class Sequential:
                 raise ShapeError(f"layer {i} ({layer!r}) does not fit its input: {e}") from None
         self.output_shape = shape
 
-        host = HostRNG(self.seed)
-        for layer in self.layers:
-            layer.to(self.device, self.dtype).reset_parameters(host, weight_init)
+        self._flat, self._buffer_flat = build_layers(self.layers, self.device, self.dtype,
+                                                     HostRNG(self.seed), weight_init)
+        self._index()
         self.set_seed(self.seed)
         # Backward stops at the first layer with parameters: its input gradient feeds nothing.
         self._first = next((i for i, l in enumerate(self.layers) if l.params), 0)
@@ -123,15 +105,31 @@ class Sequential:
             layer.need_dx = i != self._first
 
     # -- parameters ----------------------------------------------------------------
+    def _index(self):
+        """Where each parameter sits: (name, layer, key) in the flat buffer's order, and the views
+        the layers were given (to tell whether one was replaced since)."""
+        self._slots = [(f"{i}.{k}", l, k) for i, l in enumerate(self.layers) for k in l.params]
+        self._views = [l.params[k] for _, l, k in self._slots]
+        self._grad_flat, self._grad_views, self._decay = None, [], None
+
+    def _whole(self, arrays, views):
+        return len(arrays) == len(views) and all(a is v for a, v in zip(arrays, views))
+
     @property
     def params(self):
-        """The layers' parameters by name (their own arrays: in-place updates train the network)."""
-        return ParamDict(self.layers)
+        """The layers' parameters by name: views of the model's one flat parameter buffer
+        (``.flat``), so in-place updates of either train the network."""
+        items = [(name, l.params[k]) for name, l, k in self._slots]
+        whole = self._whole([a for _, a in items], self._views)
+        return FlatDict(items, self._flat if whole else None)
 
     @property
     def grads(self):
-        """The gradients of the last :meth:`backward`, by the names of :attr:`params`."""
-        return {f"{i}.{k}": v for i, l in enumerate(self.layers) for k, v in l.grads.items()}
+        """The gradients of the last :meth:`backward`, by the names of :attr:`params`: views of
+        one flat gradient buffer (``.flat``)."""
+        items = [(name, l.grads[k]) for name, l, k in self._slots if k in l.grads]
+        whole = self._grad_flat is not None and self._whole([a for _, a in items], self._grad_views)
+        return FlatDict(items, self._grad_flat if whole else None)
 
     @property
     def buffers(self):
@@ -298,13 +296,37 @@ class Sequential:
         dout = self.loss_layer.backward(1.0)
         for layer in reversed(self.layers[self._first:]):
             dout = layer.backward(dout)
+        self._gather_grads()
+
+    def _gather_grads(self):
+        """Concatenate the layers' fresh gradients into ONE new flat buffer (one operation; a
+        copy into views of a kept buffer would be one per parameter), add weight decay to it
+        at once, and point the layers' ``grads`` at its views."""
+        if not self._slots:
+            return
+        G = concat([l.grads[k] for _, l, k in self._slots])
         if self.weight_decay:
-            xp = self.device.xp
-            for layer, k, p in self._weights():
-                # sign(p) as the difference of two comparisons: array-api-compat's CuPy sign()
-                # patches NaNs with a boolean-mask assignment, a host sync per weight per step
-                reg = p if self.regularization == "l2" else xp.astype(p > 0, p.dtype) - xp.astype(p < 0, p.dtype)
-                layer.grads[k] = layer.grads[k] + self.weight_decay * reg
+            G = G + self._decay_term()
+        views = split(G, [tuple(v.shape) for v in self._views])
+        for (_, l, k), v in zip(self._slots, views):
+            l.grads[k] = v
+        self._grad_flat, self._grad_views = G, views
+
+    def _decay_term(self):
+        """Weight decay's gradient for the whole flat buffer: ``reg * decay`` where ``decay``
+        is lambda on the weights and 0 elsewhere (biases, batch-norm scale and shift)."""
+        xp = self.device.xp
+        P = self._flat
+        if not self._whole([l.params[k] for _, l, k in self._slots], self._views):
+            P = concat([l.params[k] for _, l, k in self._slots])  # a layer's array was replaced
+        if self._decay is None or self._decay[0] != self.weight_decay:
+            host = [{name: self.weight_decay * HostRNG.ones(v.shape) if l.roles[k] == "weight"
+                     else HostRNG.zeros(v.shape)} for (name, l, k), v in zip(self._slots, self._views)]
+            self._decay = (self.weight_decay, place(self.device, self.dtype, host)[0])
+        # sign(p) as the difference of two comparisons: array-api-compat's CuPy sign() patches
+        # NaNs with a boolean-mask assignment, a host sync per step
+        reg = P if self.regularization == "l2" else xp.astype(P > 0, P.dtype) - xp.astype(P < 0, P.dtype)
+        return reg * self._decay[1]
 
     def gradient(self, x, t, train=True):
         """Loss and gradients of one batch: returns ``(loss, grads)``."""
@@ -345,11 +367,12 @@ class Sequential:
 
     # -- state -------------------------------------------------------------------
     def to(self, device=None, dtype=None):
-        """Move every layer to ``device`` and/or ``dtype``; returns self."""
+        """Move every layer to ``device`` and/or ``dtype``, into new flat buffers there (copies);
+        returns self.  An optimizer's state follows at its next update."""
         self.device = get_device(device if device is not None else self.device)
         self.dtype = _check_dtype(dtype or self.dtype)
-        for layer in self.layers:
-            layer.to(self.device, self.dtype)
+        self._flat, self._buffer_flat = move_layers(self.layers, self.device, self.dtype)
+        self._index()
         self.set_seed(self.seed)
         return self
 

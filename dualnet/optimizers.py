@@ -5,15 +5,17 @@ with the same keys).  Its state (velocities, squared-gradient sums, Adam's
 moments) is created with ``zeros_like`` of each parameter, so it lives on the
 parameters' device.
 
-One update for all parameters at once: given a network's ``params`` (a
-:class:`dualnet.models.ParamDict`, whose keys can be re-bound), the first update copies
-every parameter into one flat buffer and re-binds the layers' parameters to views of it;
-from then on a step concatenates the gradients (one operation) and updates the flat
-buffer and its flat state with the rule's handful of operations, instead of that
-handful per parameter.  On a GPU each array operation is a kernel launch, and launches
-are what a small step costs (SimpleConvNet's Adam: 72 operations per step per
-parameter array, 13 flat).  The per-parameter view of the state is kept, so
-checkpoints do not change.  Plain dicts of arrays are updated parameter by parameter.  Weight decay belongs to the model (:class:`dualnet.models.Sequential`),
+One update for all parameters at once: a model's ``params`` and ``grads``
+(:class:`dualnet.params.FlatDict`) are views of one flat parameter buffer and one flat
+gradient buffer, which the model builds (:class:`dualnet.models.Sequential`); given them, a
+step updates the flat parameter buffer from the flat gradient buffer with the rule's handful
+of operations, instead of that handful per parameter.  On a GPU each array operation is a
+kernel launch, and launches are what a small step costs (SimpleConvNet's Adam: 72 operations
+per step per parameter array, 13 flat).  The state is one flat buffer per slot too, with a
+per-parameter view of it under each parameter's name, so checkpoints keep their keys; it
+follows the model to a new flat buffer (a model moved with ``to``, or another model with the
+same parameters) at the next update.  Plain dicts of arrays are updated parameter by
+parameter.  Weight decay belongs to the model (:class:`dualnet.models.Sequential`),
 so the loss and its gradient stay consistent; learning-rate decay is a schedule
 applied once per epoch (:class:`LRSchedule`).
 """
@@ -23,6 +25,7 @@ import math
 
 from .backend import array_device, namespace, on_device_of
 from .errors import CheckpointError, ConfigError, DeviceError
+from .params import concat, split
 
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "OPTIMIZERS",
            "make_optimizer", "LRSchedule"]
@@ -40,7 +43,7 @@ class Optimizer:
             raise ConfigError(f"lr must be a finite number > 0, got {lr!r}", param="lr")
         self.state = {s: {} for s in self.slots}
         self.t = 0
-        self._flat = None   # (keys, flat parameter buffer, its views) once parameters are flattened
+        self._flat_of = None   # the flat parameter buffer the state is laid out for
 
     def _slot(self, name, key, p):
         d = self.state[name]
@@ -50,6 +53,10 @@ class Optimizer:
 
     def update(self, params, grads, reduce=None):
         """Update ``params`` in place from ``grads`` (dicts with the same keys).
+
+        A model's own ``params`` (a :class:`dualnet.params.FlatDict` whose ``flat`` is set) are
+        updated through their flat buffer in one go, from the flat buffer of a model's ``grads``
+        (or one concatenation of other gradients); plain dicts parameter by parameter.
 
         ``reduce``, when given, maps the concatenated gradients (one flat array, the parameters'
         order) to the gradients to apply: data-parallel training passes an all-reduce that
@@ -77,17 +84,20 @@ class Optimizer:
     def _step(self, params, grads, reduce):
         self.t += 1
         self._begin_step()
-        flat = self._flatten(params)
-        if flat is None:
+        P = getattr(params, "flat", None)
+        if P is None:
             if reduce is not None:
-                grads = _split(reduce(_concat(grads, list(params))), params)
+                grads = dict(zip(params, split(reduce(concat([grads[k] for k in params])),
+                                               [tuple(p.shape) for p in params.values()])))
             for k, p in params.items():
                 self._update(k, p, grads[k])
             return
-        keys, P, _ = flat
-        G = _concat(grads, keys)
+        G = getattr(grads, "flat", None)
+        if G is None or list(grads) != list(params) or tuple(G.shape) != tuple(P.shape):
+            G = concat([grads[k] for k in params])  # gradients of another layout: one operation
         if reduce is not None:
             G = reduce(G)
+        self._follow(params)
         self._update(_FLAT, P, G)
 
     def _begin_step(self):
@@ -96,47 +106,27 @@ class Optimizer:
     def _update(self, key, p, g):
         raise NotImplementedError
 
-    # -- one flat buffer for all parameters ------------------------------------------
-    def _flatten(self, params):
-        """(keys, flat buffer, views) when ``params`` can be served from one flat buffer, else None.
-
-        Built on the first update, and again whenever a parameter was re-bound since (a layer
-        moved to another device, a checkpoint rebuilt a model): the views are checked by identity.
-        """
-        if not getattr(params, "rebinds", False) or len(params) < 2:
-            return None
-        if self._flat is not None:
-            keys, P, views = self._flat
-            if list(params) == keys and all(params[k] is views[k] for k in keys):
-                return self._flat
-            self._unflatten()
-        values = list(params.values())
-        if len({str(v.dtype) for v in values}) != 1:
-            return None
-        xp = namespace(*values)
-        keys = list(params)
-        P = _concat(params, keys)
-        views = _split(P, params)
-        if not _aliases(P, views[keys[0]]):
-            return None  # this backend copies on reshape: stay with per-parameter updates
-        for k in keys:
-            params[k] = views[k]   # re-binds the layer's own parameter to the view
-        # The state follows: existing per-parameter state (a loaded checkpoint) is concatenated.
+    def _follow(self, params):
+        """Lay the state out like the flat buffer of ``params`` (once per buffer): one flat array
+        per slot, viewed per parameter; the existing per-parameter state (the previous buffer's
+        views, or a loaded checkpoint's arrays) is copied in, zeros where there is none."""
+        P = params.flat
+        if self._flat_of is P:
+            return
+        xp = namespace(P)
+        where = array_device(P)
+        shapes = [tuple(p.shape) for p in params.values()]
         for s in self.slots:
             per = self.state[s]
-            if per:
-                flat_s = xp.concat([xp.reshape(per[k] if k in per else xp.zeros_like(params[k]), (-1,))
-                                    for k in keys])
-            else:
-                flat_s = xp.zeros_like(P)
-            self.state[s] = {_FLAT: flat_s, **_split(flat_s, params)}
-        self._flat = (keys, P, views)
-        return self._flat
-
-    def _unflatten(self):
-        for s in self.slots:
-            self.state[s].pop(_FLAT, None)
-        self._flat = None
+            for k, v in per.items():
+                if k != _FLAT and array_device(v) != where:
+                    raise DeviceError(f"optimizer state {s}/{k} lives on {array_device(v)!r} but the "
+                                      f"parameters on {where!r}; save a checkpoint and load it with this "
+                                      f"optimizer on the parameters' device")
+            parts = [per[k] if k in per else xp.zeros_like(p) for k, p in params.items()]
+            flat = concat(parts) if per else xp.zeros_like(P)
+            self.state[s] = {_FLAT: flat, **dict(zip(params, split(flat, shapes)))}
+        self._flat_of = P
 
     def state_dict(self):
         """Scalars and per-parameter state: ``({"t":.., "lr":..}, {"slot/param": array})``."""
@@ -153,7 +143,7 @@ class Optimizer:
         for h in self.hyper:
             setattr(self, h, float(scalars[h]))
         self.state = {s: {} for s in self.slots}
-        self._flat = None
+        self._flat_of = None
         with device.bind():
             for key, v in arrays.items():
                 s, k = key.split("/", 1)
@@ -252,34 +242,6 @@ class Adam(Optimizer):
 
 
 _FLAT = "*"  # the key of the flat state buffer (never a parameter name: those are "layer.name")
-
-
-def _concat(arrays, keys):
-    """``arrays[k]`` for ``k`` in ``keys``, flattened into one 1-D array (one operation)."""
-    xp = namespace(arrays[keys[0]])
-    return xp.concat([xp.reshape(arrays[k], (-1,)) for k in keys])
-
-
-def _split(flat, like):
-    """The inverse of :func:`_concat`: views of ``flat`` shaped like the arrays of ``like``."""
-    xp = namespace(flat)
-    out, offset = {}, 0
-    for k, v in like.items():
-        n = math.prod(v.shape)
-        out[k] = xp.reshape(flat[offset:offset + n], v.shape)
-        offset += n
-    return out
-
-
-def _aliases(flat, view):
-    """True when writing ``flat`` shows through ``view`` (the backend made a view, not a copy)."""
-    xp = namespace(flat)
-    old = float(flat[0])
-    flat[0] = old + 1.0
-    new = float(flat[0])       # old + 1 rounded to the buffer's dtype
-    seen = float(xp.reshape(view, (-1,))[0])
-    flat[0] = old
-    return seen == new != old
 
 
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adagrad": AdaGrad,

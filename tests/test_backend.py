@@ -8,7 +8,7 @@ from dualnet.backend import DeviceError, cuda_status, get_device
 
 PKG = pathlib.Path(__file__).resolve().parents[1] / "dualnet"
 # The library core, which no application module may be imported by.
-CORE = {"backend", "errors", "functions", "conv", "init", "layers", "models", "optimizers", "training", "io",
+CORE = {"backend", "errors", "functions", "conv", "init", "params", "layers", "models", "optimizers", "training", "io",
         "checkpoint", "gradcheck", "distributed", "seeds"}
 APPS = {"data", "plots", "bench", "studies", "cli", "book", "cs231n"}
 # Host-side modules (files, plots, command line, benchmarks) may use NumPy for host arrays;

@@ -90,8 +90,8 @@ def test_state_dict_roundtrip(device):
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_one_flat_update_equals_per_parameter_updates(device, name):
-    """A network's params are served from one flat buffer; the result is the per-parameter one,
-    the layers keep training through their own (re-bound) arrays, and checkpoints keep their keys."""
+    """A network's params are views of one flat buffer, updated in one go; the result is the
+    per-parameter one, the layers train through their own arrays, and checkpoints keep their keys."""
     rng = np.random.default_rng(0)
     x = device.asarray(rng.standard_normal((8, 1, 6, 6)), "float64")
     t = device.asarray(rng.integers(0, 3, 8))
@@ -102,9 +102,10 @@ def test_one_flat_update_equals_per_parameter_updates(device, name):
         for i, (net, opt) in enumerate(zip(nets, opts)):
             net.loss(x, t, train=True)
             net.backward()
-            # net 0: the network's own ParamDict (flat); net 1: a plain dict (per parameter)
+            # net 0: the network's own flat-backed params; net 1: a plain dict (per parameter)
             opt.update(net.params if i == 0 else dict(net.params), net.grads)
-    assert opts[0]._flat is not None and opts[1]._flat is None
+    flat = nets[0].params.flat
+    assert flat is not None and opts[0]._flat_of is flat and opts[1]._flat_of is None
     for k in nets[0].params:
         np.testing.assert_allclose(device.to_numpy(nets[0].params[k]), device.to_numpy(nets[1].params[k]),
                                    rtol=1e-12, atol=1e-15)
@@ -115,8 +116,9 @@ def test_one_flat_update_equals_per_parameter_updates(device, name):
 
 
 def test_flat_state_survives_a_rebound_parameter_and_a_reload(device):
-    """Moving a layer re-binds its parameters: the optimizer rebuilds its flat buffer and keeps
-    the state; a loaded state continues exactly like the optimizer it came from."""
+    """Moving a model builds new flat buffers: the optimizer's state follows them; a layer moved
+    on its own leaves the model's buffer (updates go per parameter, into the same state); a
+    loaded state continues exactly like the optimizer it came from."""
     rng = np.random.default_rng(1)
     x = device.asarray(rng.standard_normal((6, 4)), "float64")
     t = device.asarray(rng.integers(0, 2, 6))
@@ -126,26 +128,32 @@ def test_flat_state_survives_a_rebound_parameter_and_a_reload(device):
         net.backward()
         opt.update(net.params, net.grads)
 
-    a = dn.MultiLayerNet(4, [5], 2, device=device, dtype="float64", seed=0)
-    b = dn.MultiLayerNet(4, [5], 2, device=device, dtype="float64", seed=0)
-    oa, ob = dn.Adam(0.01), dn.Adam(0.01)
+    a, b, d = (dn.MultiLayerNet(4, [5], 2, device=device, dtype="float64", seed=0) for _ in range(3))
+    oa, ob, od = dn.Adam(0.01), dn.Adam(0.01), dn.Adam(0.01)
     for _ in range(2):
         step(a, oa)
         step(b, ob)
+        step(d, od)
     scalars, arrays = oa.state_dict()
     oc = dn.Adam(0.5)
     oc.load_state_dict(scalars, {k: device.to_numpy(v) for k, v in arrays.items()}, device)
-    b.layers[0].to(device)  # re-binds layer 0's arrays (copies)
+    old = b.params.flat
+    b.to(device)  # new flat buffers (copies)
+    assert b.params.flat is not None and b.params.flat is not old
+    d.layers[0].to(device)  # layer 0 alone gets new arrays (copies), outside d's flat buffer
+    assert d.params.flat is None
     c = dn.MultiLayerNet(4, [5], 2, device=device, dtype="float64", seed=0)
     c.load_state({k: device.to_numpy(v) for k, v in a.state().items()})
     for _ in range(2):
         step(a, oa)
         step(b, ob)
         step(c, oc)
+        step(d, od)
+    assert ob._flat_of is b.params.flat
     for k in a.params:
         ref = device.to_numpy(a.params[k])
-        np.testing.assert_allclose(device.to_numpy(b.params[k]), ref, rtol=1e-12, atol=1e-15)
-        np.testing.assert_allclose(device.to_numpy(c.params[k]), ref, rtol=1e-12, atol=1e-15)
+        for other in (b, c, d):
+            np.testing.assert_allclose(device.to_numpy(other.params[k]), ref, rtol=1e-12, atol=1e-15)
 
 
 def test_update_refuses_grads_on_another_device():
