@@ -654,6 +654,8 @@ def main(argv=None):
     except DualnetError as e:
         from .errors import TrainingDiverged
         agreed = isinstance(e, TrainingDiverged)  # every rank saw the same loss
+        if getattr(e, "quiet", False):  # another rank (rank 0) reports it
+            return e.exit_code
         if _COMM is None or _COMM.is_root or not agreed:
             print(f"dualnet: error: {_rank_prefix()}{_with_flag(e, ap, args.command)}", file=sys.stderr)
         return _end_ranks(e.exit_code, agreed)
