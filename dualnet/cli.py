@@ -234,6 +234,11 @@ RESUME_FIXED = ("model", "dataset", "val_fraction", "batch_size", "optimizer", "
                 "weight_decay", "seed", "dtype", "augment")
 
 
+# Settings that may differ between the ranks of one run (each has its own device; the data's
+# fingerprint, not its folder, must agree).
+_PER_RANK = ("device", "device_name", "data_dir")
+
+
 def _flag(key):
     return "--" + key.replace("_", "-")
 
@@ -420,6 +425,9 @@ def _train(args, out, run_dir, resume_doc, cfg, epochs, comm=None):
               "processes": comm.size if comm is not None else 1, "augment": bool(args.augment),
               "mirror_classes": list(data.mirror_classes) if args.augment else [],
               "model_kwargs": dict(getattr(model, "model_kwargs", None) or {}), "conv": args.conv or "auto"}
+    if comm is not None:  # ranks started with other flags or data would train apart, silently
+        comm.check_same(dict({k: v for k, v in config.items() if k not in _PER_RANK}, log_every=args.log_every,
+                             resume_position=[meta.get(k) for k in ("epoch", "epoch_step", "step")] if meta else None))
     print(f"model: {args.model} ({model.num_params():,} parameters), {args.optimizer} lr {lr:g}, "
           f"{epochs} epochs, batch {args.batch_size}, {model.dtype}; run directory {out}", flush=True)
     tr = Trainer(model, opt, data, epochs=epochs, batch_size=args.batch_size,
@@ -653,7 +661,7 @@ def main(argv=None):
         return handlers[args.command](args)
     except DualnetError as e:
         from .errors import TrainingDiverged
-        agreed = isinstance(e, TrainingDiverged)  # every rank saw the same loss
+        agreed = isinstance(e, TrainingDiverged) or getattr(e, "agreed", False)  # met by every rank alike
         if getattr(e, "quiet", False):  # another rank (rank 0) reports it
             return e.exit_code
         if _COMM is None or _COMM.is_root or not agreed:

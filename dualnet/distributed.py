@@ -62,11 +62,13 @@ from __future__ import annotations
 import array
 import contextlib
 import ctypes
+import json
 import os
 import socket
 import sys
 import threading
 import time
+import zlib
 
 from .backend import get_device, rank_device
 from .errors import DeviceError, DualnetError
@@ -219,6 +221,31 @@ class Communicator:
     def allgather_host(self, values):
         """Every rank's list of floats (all of the same length), by rank: ``[[...], [...], ...]``."""
         return [[float(v) for v in values]]
+
+    def check_same(self, settings):
+        """Require every rank to run with the same ``settings`` (a dict of JSON-able values: the
+        run's configuration, the data's fingerprint); else raise :class:`DistributedError`,
+        the same on every rank, naming the first setting that differs."""
+        keys = sorted(settings)
+        mine = [float(zlib.crc32(json.dumps([k, settings[k]], sort_keys=True, default=str).encode()))
+                for k in keys]
+        n = [float(len(mine))]
+        if self.allreduce_host(n, "min") != self.allreduce_host(n, "max"):
+            err = DistributedError(f"the ranks compare {len(mine)} settings on rank {self.rank} but another "
+                                   f"number on another rank: every rank must run the same dualnet")
+            err.agreed = True
+            raise err
+        rows = self.allgather_host(mine)
+        for i, k in enumerate(keys):
+            other = [r for r, row in enumerate(rows) if row[i] != rows[0][i]]
+            if other:
+                err = DistributedError(
+                    f"the ranks were started with different settings: {k} differs between rank 0 and "
+                    f"rank{'s' if len(other) > 1 else ''} {', '.join(map(str, other))}"
+                    f"{f' (this rank has {settings[k]!r})' if self.rank in other or self.rank == 0 else ''}; "
+                    f"start every rank with the same flags, environment and data")
+                err.agreed = True  # every rank raises it: rank 0 alone prints it, no rank aborts
+                raise err
 
     def barrier(self, what="waiting for the other ranks"):
         pass

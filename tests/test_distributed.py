@@ -326,3 +326,26 @@ def test_a_bad_timeout_is_reported_once_by_rank_0(tmp_path, value):
     assert len(errors) == 1 and "DUALNET_DIST_TIMEOUT" in errors[0], r.stderr
     assert "Traceback" not in r.stderr and "DUALNET_DIST_TIMEOUT" not in r.stdout
     assert not out.exists()
+
+
+_RANK1_EXTRA_FLAGS = """
+import os, sys
+from dualnet.cli import main
+extra = sys.argv[2:] if os.environ["PMI_RANK"] == "1" else []
+sys.exit(main(["train", "--device", "cpu", "--epochs", "1", "--out", sys.argv[1], "--no-progress", *extra]))
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("extra,setting", [(["--seed", "7"], "seed"), (["--lr", "0.01"], "lr"),
+                                           (["--val-fraction", "0.1"], "data_fingerprint")])
+def test_ranks_started_with_different_settings_are_refused(tmp_path, extra, setting):
+    """Rank 1 alone gets another flag: every rank stops before training with one line (from
+    rank 0) naming the setting, exit 2, and no checkpoint is written."""
+    out = tmp_path / "run"
+    r = mpirun(["-c", _RANK1_EXTRA_FLAGS, out, *extra], env={"DUALNET_DIST_TIMEOUT": "30"}, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("dualnet: error:")]
+    assert len(errors) == 1 and f" {setting} differs" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr and "epoch 1/1" not in r.stdout
+    assert not (out / "checkpoint.npz").exists()
