@@ -161,12 +161,14 @@ def _check_doc(c, doc):
         if opt.get("type") not in known:
             raise c.fail(f"the optimizer type is {_short(opt.get('type'))}; known: {', '.join(known)}")
         c.int(opt.get("t"), "the optimizer step count t", 0, 2 ** 63)
+        from .optimizers import hyper_problem
         for h in known[opt["type"]].hyper:
             if h not in opt:
                 raise c.fail(f"the optimizer state has no {h!r}")
             c.num(opt[h], f"the optimizer's {h}")
-        if not opt["lr"] > 0:
-            raise c.fail(f"the optimizer's lr is {opt['lr']}, expected > 0")
+            why = hyper_problem(h, opt[h])
+            if why:
+                raise c.fail(f"its {opt['type']} optimizer cannot train with these settings: {why}")
 
 
 def _expected_arrays(spec):
@@ -234,7 +236,8 @@ def _check_arrays(c, doc, arrays):
     slots = ()
     if opt is not None:
         from .optimizers import OPTIMIZERS
-        slots = next(cls.slots for cls in OPTIMIZERS.values() if cls.__name__ == opt["type"])
+        cls = next(cls for cls in OPTIMIZERS.values() if cls.__name__ == opt["type"])
+        slots = cls.slots
     for k, a in arrays.items():
         if not k.startswith("opt/"):
             continue
@@ -247,6 +250,9 @@ def _check_arrays(c, doc, arrays):
         if tuple(a.shape) != params[parts[2]]:
             raise c.fail(f"optimizer array {k!r} has shape {tuple(a.shape)} but parameter "
                          f"{parts[2]!r} has shape {params[parts[2]]}")
+        if parts[1] in cls.nonneg and a.size and float(a.min()) < 0:
+            raise c.fail(f"optimizer array {k!r} holds negative values (down to {float(a.min()):g}), but "
+                         f"{opt['type']}'s {parts[1]} sums squared gradients: it is never negative")
 
 
 # --------------------------------------------------------------------------- reading
