@@ -255,6 +255,72 @@ def _check_arrays(c, doc, arrays):
                          f"{opt['type']}'s {parts[1]} sums squared gradients: it is never negative")
 
 
+# The run settings a checkpoint's ``meta.config`` may hold (``dualnet train`` writes them and
+# ``--resume`` continues with them): what each must be.
+def _run_setting_problems(cfg):
+    from .data import DATASETS
+    from .models import MODELS
+    from .optimizers import OPTIMIZERS, hyper_problem
+
+    def count(v, lo):
+        return _is_int(v) and v >= lo
+
+    rules = {
+        "model": (lambda v: v in MODELS, f"one of {', '.join(MODELS)}"),
+        "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
+        "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+        "epochs": (lambda v: count(v, 1), "an integer >= 1"),
+        "batch_size": (lambda v: count(v, 1), "an integer >= 1"),
+        "seed": (lambda v: count(v, 0), "an integer >= 0"),
+        "lr": (lambda v: hyper_problem("lr", v) is None, "a number in (0, inf)"),
+        "lr_decay": (lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
+        "weight_decay": (lambda v: _is_num(v) and 0 <= v < math.inf, "a finite number >= 0"),
+        "val_fraction": (lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
+        "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
+        "augment": (lambda v: isinstance(v, bool), "true or false"),
+        "data_dir": (lambda v: isinstance(v, str), "a folder"),
+    }
+    for k, (ok, want) in rules.items():
+        if cfg.get(k) is not None and not ok(cfg[k]):
+            yield f"its run configuration has {k} {_short(cfg[k])}, expected {want}"
+
+
+def _check_consistent(c, doc, arrays):
+    """The checkpoint against itself: the arrays' dtype, the run configuration and the named
+    model's settings (``model_kwargs``) against the stored layers.  Builds no array."""
+    model, cfg = doc["model"], doc.get("meta", {}).get("config") or {}
+    for why in _run_setting_problems(cfg):
+        raise c.fail(why)
+    for k, a in arrays.items():
+        if a.dtype != np.dtype(model["dtype"]):
+            raise c.fail(f"array {k!r} is {a.dtype} but the model configuration says dtype {model['dtype']}")
+    facts = {"model": model.get("name"), "dtype": model["dtype"], "weight_decay": model.get("weight_decay", 0.0),
+             "model_kwargs": model.get("model_kwargs")}
+    for k, v in facts.items():
+        if cfg.get(k) is not None and v is not None and cfg[k] != v:
+            raise c.fail(f"its run configuration has {k} {_short(cfg[k])} but its model {_short(v)}")
+    name = model.get("name")
+    if name is None:
+        return  # a network assembled by hand: its layers are all there is
+    from .layers import specs_only
+    from .models import MODELS
+    if name not in MODELS:
+        raise c.fail(f"its model is named {_short(name)}; known: {', '.join(MODELS)}")
+    try:
+        with specs_only():
+            specs = [layer.spec() for layer in MODELS[name](**(model.get("model_kwargs") or {})).layers]
+    except (DualnetError, TypeError, ValueError) as e:
+        raise c.fail(f"its {name} settings (model_kwargs) do not build a {name}: {e}") from None
+    specs = json.loads(json.dumps(specs))
+    if specs != model["layers"]:
+        diff = next((i for i, (a, b) in enumerate(zip(specs, model["layers"])) if a != b),
+                    min(len(specs), len(model["layers"])))
+        have = model["layers"][diff] if diff < len(model["layers"]) else "no layer"
+        want = specs[diff] if diff < len(specs) else "no layer"
+        raise c.fail(f"its {name} settings (model_kwargs) imply layer {diff} {_short(want)} but the "
+                     f"stored layers have {_short(have)}")
+
+
 # --------------------------------------------------------------------------- reading
 def read_checkpoint(path):
     """Read and check a checkpoint into host arrays: returns ``(doc, arrays)``.
@@ -284,6 +350,7 @@ def read_checkpoint(path):
         raise c.fail(f"its 'meta' entry is not valid JSON ({e})") from None
     _check_doc(c, doc)
     _check_arrays(c, doc, arrays)
+    _check_consistent(c, doc, arrays)
     return doc, arrays
 
 

@@ -16,6 +16,7 @@ Shape letters and gradient names are those of :mod:`dualnet.functions`.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 
 from . import functions as F
@@ -70,6 +71,9 @@ class Layer:
         """Draw fresh parameters and buffers from ``rng`` (a seed or a :class:`HostRNG`)."""
         if weight_init is not None:
             self.weight_init = weight_init
+        if _SPECS_ONLY.get():  # see specs_only()
+            self.params, self.buffers, self.grads = {}, {}, {}
+            return self
         host = rng if isinstance(rng, HostRNG) else HostRNG(rng)
         dt = self.device.dtype(self.dtype)
         with self.device.bind():
@@ -118,6 +122,21 @@ class Layer:
     def __repr__(self):
         kw = ", ".join(f"{k}={v!r}" for k, v in self._kwargs().items())
         return f"{type(self).__name__}({kw})"
+
+
+_SPECS_ONLY = contextvars.ContextVar("dualnet_specs_only", default=False)
+
+
+@contextlib.contextmanager
+def specs_only():
+    """Layers (and networks) built in this context allocate no parameters or buffers: only their
+    sizes and :meth:`Layer.spec` are real.  A checkpoint's configuration is checked this way
+    before anything is built, whatever sizes it claims."""
+    token = _SPECS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _SPECS_ONLY.reset(token)
 
 
 def _bind_compute(cls):

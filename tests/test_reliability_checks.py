@@ -68,6 +68,7 @@ def resume_refused(capsys, tmp_path, trained, **how):
     code, out, err = run(capsys, "train", "--resume", ck, "--epochs", 2, "--no-progress", "--no-plots")
     assert code == 2 and one_line(err), err
     assert "epoch 2/2" not in out and "(command line:" not in err  # no flag blamed that was not given
+    assert "train 1497" not in out  # refused before the data was loaded
     assert digest(ck) == before and listing(run_dir) == files
     return err
 
@@ -111,3 +112,54 @@ def test_load_state_dict_checks_the_hyper_parameters_too():
     with pytest.raises(CheckpointError, match="beta2"):
         opt.load_state_dict(dict(scalars, beta2=3.0), arrays, dn.get_device("cpu"))
     assert opt.beta2 == 0.999  # nothing was taken from the refused state
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _doc(*path, value):
+    def fn(d):
+        for k in path[:-1]:
+            d = d[k]
+        d[path[-1]] = value
+    return fn
+
+
+def _both(f, g):
+    return lambda d: (f(d), g(d))
+
+
+@pytest.mark.parametrize("case,how,names", [
+    ("model dtype against its arrays", dict(doc_fn=_doc("model", "dtype", value="float64")), "float64"),
+    ("model_kwargs against the layers", dict(doc_fn=_both(_doc("model", "model_kwargs", "hidden_size", value=50),
+                                                          _doc("meta", "config", "model_kwargs", "hidden_size",
+                                                               value=50))), "layer"),
+    ("model_kwargs against the run's", dict(doc_fn=_doc("model", "model_kwargs", "hidden_size", value=50)),
+     "model_kwargs"),
+    ("config.model against the model", dict(doc_fn=_doc("meta", "config", "model", value="mlp")), "mlp"),
+    ("config.dtype against the model", dict(doc_fn=_doc("meta", "config", "dtype", value="float64")), "dtype"),
+    ("model named but unknown", dict(doc_fn=_doc("model", "name", value="resnet")), "resnet"),
+    ("model_kwargs that build nothing", dict(doc_fn=_both(_doc("model", "model_kwargs", "evil", value=1),
+                                                          _doc("meta", "config", "model_kwargs", "evil",
+                                                               value=1))), "evil"),
+    ("config batch_size 0", dict(doc_fn=_doc("meta", "config", "batch_size", value=0)), "batch_size"),
+    ("config lr -1", dict(doc_fn=_doc("meta", "config", "lr", value=-1.0)), "lr"),
+    ("config val_fraction 2", dict(doc_fn=_doc("meta", "config", "val_fraction", value=2.0)), "val_fraction"),
+    ("config epochs 1.5", dict(doc_fn=_doc("meta", "config", "epochs", value=1.5)), "epochs"),
+])
+def test_a_checkpoint_that_contradicts_itself_is_refused_before_the_data_loads(capsys, tmp_path, trained,
+                                                                              case, how, names):
+    err = resume_refused(capsys, tmp_path, trained, **how)
+    assert names in err and "checkpoint" in err
+    code, out, err = run(capsys, "evaluate", "--checkpoint", tmp_path / "run" / "checkpoint.npz", "--device", "cpu")
+    assert code == 2 and one_line(err) and "test accuracy" not in out
+
+
+@pytest.mark.parametrize("name,kw", [("two_layer_net", {}), ("mlp", dict(hidden_sizes=[7, 5], use_batchnorm=True,
+                                                                          dropout=0.2, activation="tanh")),
+                                     ("simple_convnet", dict(filter_size=3, pad=1, use_batchnorm=True)),
+                                     ("deep_convnet", {})])
+def test_every_named_model_passes_its_own_consistency_check(tmp_path, name, kw):
+    shape = (1, 28, 28) if name == "deep_convnet" else (1, 8, 8)
+    net = dn.build_model(name, shape, 10, device="cpu", dtype="float64", **kw)
+    dn.save_checkpoint(tmp_path / "ck.npz", net, dn.Adam(), {"config": {"model": name, "dtype": "float64"}})
+    again, _ = load_checkpoint(tmp_path / "ck.npz", "cpu", optimizer=dn.Adam())
+    assert again.config["layers"] == net.config["layers"] and again.dtype == "float64"
