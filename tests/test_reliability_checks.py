@@ -163,3 +163,50 @@ def test_every_named_model_passes_its_own_consistency_check(tmp_path, name, kw):
     dn.save_checkpoint(tmp_path / "ck.npz", net, dn.Adam(), {"config": {"model": name, "dtype": "float64"}})
     again, _ = load_checkpoint(tmp_path / "ck.npz", "cpu", optimizer=dn.Adam())
     assert again.config["layers"] == net.config["layers"] and again.dtype == "float64"
+
+
+# --------------------------------------------------------------------------- labels and batches
+def _book_net():
+    from dualnet.book.two_layer_net import TwoLayerNet
+    return TwoLayerNet(4, 6, 2)
+
+
+def test_every_entry_point_refuses_the_labels_the_loss_refuses(device):
+    """model.loss, model.accuracy, model.count_correct and the book's loss and accuracy run one
+    check: out-of-range labels (where checking is free), float (N,) labels, wrong lengths."""
+    from dualnet.errors import DataError, DTypeError, ShapeError
+    net = dn.TwoLayerNet(4, 6, 2, device=device, seed=0)
+    x = device.asarray(np.zeros((2, 4)), "float32")
+    calls = [lambda t: net.loss(x, t), lambda t: net.accuracy(x, t), lambda t: net.count_correct(x, t)]
+    for call in calls:
+        with pytest.raises(DTypeError):
+            call(device.asarray(np.array([0.0, 1.0]), "float32"))
+        with pytest.raises(ShapeError):
+            call(device.asarray(np.array([0, 1, 1])))
+        if device.is_host:
+            with pytest.raises(DataError):
+                call(device.asarray(np.array([0, 5])))
+    book = _book_net()
+    hx = np.zeros((2, 4))
+    for call in (lambda t: book.loss(hx, t), lambda t: book.accuracy(hx, t)):
+        with pytest.raises(DTypeError):
+            call(np.array([0.0, 1.0]))
+        with pytest.raises(DataError):
+            call(np.array([0, 5]))   # host labels: checked wherever the network computes
+        with pytest.raises(ShapeError):
+            call(np.array([0, 1, 1]))
+
+
+def test_an_empty_batch_is_a_shape_error_everywhere(device):
+    from dualnet.errors import ShapeError
+    net = dn.TwoLayerNet(4, 6, 2, device=device, seed=0)
+    x0, t0 = device.asarray(np.zeros((0, 4)), "float32"), device.asarray(np.zeros(0, np.int64))
+    for call in (lambda: net.loss(x0, t0), lambda: net.predict(x0), lambda: net.accuracy(x0, t0),
+                 lambda: net.gradient(x0, t0)):
+        with pytest.raises(ShapeError):
+            call()
+    book = _book_net()
+    for call in (lambda: book.loss(np.zeros((0, 4)), np.zeros(0, int)), lambda: book.predict(np.zeros((0, 4))),
+                 lambda: book.gradient(np.zeros((0, 4)), np.zeros(0, int))):
+        with pytest.raises(ShapeError):
+            call()

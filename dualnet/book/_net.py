@@ -23,6 +23,7 @@ from collections.abc import MutableMapping
 
 from ..backend import array_device, namespace
 from ..checkpoint import read_checkpoint, save_checkpoint
+from ..checks import check_labels
 from ..errors import CheckpointError, ConfigError, DeviceError, ShapeError
 from ..layers import Affine, BatchNormalization, Convolution
 from ..models import count_correct
@@ -182,6 +183,8 @@ class BookNetwork:
         return to_device_input(self.device, x, self.dtype, what)
 
     def _t(self, t, what="t"):
+        if _env.is_host_data(t) and hasattr(t, "shape"):  # host labels: their range is free to check
+            check_labels(t, self._model.output_shape[-1], what=what)
         return to_device_labels(self.device, t, what)
 
     def _names(self, by_model):
@@ -214,9 +217,9 @@ class BookNetwork:
         if n == 0:
             raise ShapeError(f"accuracy of zero samples is undefined: x has shape {tuple(x.shape)}; "
                              f"pass at least one sample")
-        if t.shape[0] != n:
-            raise ShapeError(f"x has {n} samples but t has {t.shape[0]} (shape {tuple(t.shape)}); "
-                             f"pass one label per sample")
+        # the checks of the network's loss: host labels cost nothing to range-check
+        check_labels(t, self._model.output_shape[-1], n, "t", check_range=self.device.is_host or
+                     not self.device.owns(t))
         b = int(batch_size or self._eval_batch)
         dev, correct = self.device, None
         with dev.bind():
