@@ -150,7 +150,14 @@ def _bound(method):
     """``method`` run under its layer's ``device.bind()``: a layer called alone computes on its
     own GPU (CuPy allocates on the current one, whatever ``device=`` says) -- the device of the
     layer for a :class:`Layer`, of the input for a :class:`Loss`."""
+    backward = method.__name__ == "backward"
+
     def run(self, x=None, *args, **kw):
+        # Call order: a flag in the instance, set after a forward that returned (no array is
+        # touched, so no host sync on a device).
+        if backward and not self.__dict__.get("_forwarded"):
+            raise ConfigError(f"{type(self).__name__}.backward() was called before its forward(): "
+                              f"call forward(x, ...) on the batch first, then backward(dout)")
         dev = getattr(self, "device", None)
         if dev is not None:
             ctx = dev.bind()
@@ -160,7 +167,10 @@ def _bound(method):
         else:
             ctx = getattr(self, "_bind", None) or contextlib.nullcontext()
         with ctx:
-            return method(self, *args, **kw) if x is None else method(self, x, *args, **kw)
+            out = method(self, *args, **kw) if x is None else method(self, x, *args, **kw)
+        if not backward:
+            self._forwarded = True
+        return out
     run.__name__, run.__qualname__, run.__doc__ = method.__name__, method.__qualname__, method.__doc__
     run.__wrapped__ = method
     return run

@@ -210,3 +210,31 @@ def test_an_empty_batch_is_a_shape_error_everywhere(device):
                  lambda: book.gradient(np.zeros((0, 4)), np.zeros(0, int))):
         with pytest.raises(ShapeError):
             call()
+
+
+# --------------------------------------------------------------------------- call order
+def test_backward_before_forward_is_a_clear_error(device):
+    """Every dualnet layer and loss, and the book's layers: a ConfigError, not an
+    AttributeError; after one forward, backward works."""
+    from dualnet import layers as L
+    from dualnet.book.common import layers as B
+    dout = device.asarray(np.ones((2, 3)), "float32")
+    fresh = [L.ReLU(device=device), L.Sigmoid(device=device), L.Tanh(device=device), L.Affine(3, 3, device=device),
+             L.Flatten(device=device), L.Dropout(0.5, device=device), L.BatchNormalization(3, device=device)]
+    for layer in fresh:
+        with pytest.raises(ConfigError, match="forward"):
+            layer.backward(dout)
+    with pytest.raises(ConfigError, match="forward"):
+        L.SoftmaxWithLoss().backward()
+    relu = L.ReLU(device=device)
+    relu.forward(dout, train=True)
+    assert tuple(relu.backward(dout).shape) == (2, 3)
+    hd = np.ones((2, 3))
+    for layer in (B.Relu(), B.Sigmoid(), B.Affine(np.ones((3, 3)), np.zeros(3)), B.Dropout(),
+                  B.BatchNormalization(np.ones(3), np.zeros(3))):
+        with pytest.raises(ConfigError, match="forward"):
+            layer.backward(hd)
+    with pytest.raises(ConfigError, match="forward"):
+        B.SoftmaxWithLoss().backward()
+    with pytest.raises(ConfigError):   # the network's own order check, as before
+        dn.TwoLayerNet(3, 4, 2, device=device).backward()

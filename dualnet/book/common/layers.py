@@ -165,6 +165,7 @@ class BatchNormalization(_Layer):
     beta = _param_property("beta", "Shift (D,), on the layer's device.")
     dgamma = _grad_property("gamma")
     dbeta = _grad_property("beta")
+    _shape = ()  # the last forward's input shape; none before one (backward then says so)
 
     def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None):
         dt = _float_dtype(gamma)
