@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import numbers
 
 from . import functions as F
 from .backend import HostRNG, get_device, namespace, on_device_of
@@ -74,7 +75,7 @@ class Layer:
         if _SPECS_ONLY.get():  # see specs_only()
             self.params, self.buffers, self.grads = {}, {}, {}
             return self
-        host = rng if isinstance(rng, HostRNG) else HostRNG(rng)
+        host = rng if isinstance(rng, HostRNG) else HostRNG(check_seed(rng))
         dt = self.device.dtype(self.dtype)
         with self.device.bind():
             self.params = {k: self.device.asarray(v, dt) for k, v in self._init_params(host).items()}
@@ -190,6 +191,26 @@ def _check_dtype(dtype):
     return d
 
 
+def check_size(value, what, lo=1):
+    """``value`` as an int >= ``lo``: every size a layer or network is built with passes here, so
+    a hidden size of 0 or -3 is one ConfigError naming it (not NumPy's error, or a division by 0)."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok and isinstance(value, float) and value.is_integer():
+        ok = True
+    if not ok or int(value) < lo:
+        raise ConfigError(f"{what} must be an integer >= {lo}, got {value!r}", param=None)
+    return int(value)
+
+
+def check_seed(seed, param="seed"):
+    """A seed of the host generator: an integer >= 0."""
+    if isinstance(seed, HostRNG):
+        return seed
+    if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)) or int(seed) < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}", param=param)
+    return int(seed)
+
+
 # --------------------------------------------------------------------------- activations
 class ReLU(Layer):
     def forward(self, x, train=False):
@@ -243,7 +264,8 @@ class Affine(Layer):
     roles = {"W": "weight", "b": "bias"}
 
     def __init__(self, in_features, out_features, **kw):
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = check_size(in_features, "Affine in_features")
+        self.out_features = check_size(out_features, "Affine out_features")
         super().__init__(**kw)
 
     def _kwargs(self):
@@ -297,8 +319,10 @@ class Convolution(Layer):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad=0, method=None, **kw):
         k = kernel_size if isinstance(kernel_size, (tuple, list)) else (kernel_size, kernel_size)
-        self.C, self.FN, self.FH, self.FW = int(in_channels), int(out_channels), int(k[0]), int(k[1])
-        self.stride, self.pad = int(stride), int(pad)
+        self.C, self.FN, self.FH, self.FW = (check_size(v, f"Convolution {n}") for v, n in (
+            (in_channels, "in_channels"), (out_channels, "out_channels"), (k[0], "kernel height"),
+            (k[1], "kernel width")))
+        self.stride, self.pad = check_size(stride, "Convolution stride"), check_size(pad, "Convolution pad", 0)
         self.method = method or F.CONV_METHODS[0]
         if self.method not in F.CONV_METHODS:
             raise ConfigError(f"unknown convolution method {method!r}; choose one of "
@@ -337,10 +361,10 @@ class Convolution(Layer):
 # --------------------------------------------------------------------------- pooling
 class _Pooling(Layer):
     def __init__(self, pool_h, pool_w=None, stride=None, pad=0, **kw):
-        self.PH = int(pool_h)
-        self.PW = int(pool_w if pool_w is not None else pool_h)
-        self.stride = int(stride if stride is not None else self.PH)
-        self.pad = int(pad)
+        self.PH = check_size(pool_h, "pooling pool_h")
+        self.PW = check_size(pool_w if pool_w is not None else pool_h, "pooling pool_w")
+        self.stride = check_size(stride if stride is not None else self.PH, "pooling stride")
+        self.pad = check_size(pad, "pooling pad", 0)
         super().__init__(**kw)
 
     def _kwargs(self):
@@ -386,7 +410,11 @@ class BatchNormalization(Layer):
     roles = {"gamma": "scale", "beta": "shift"}
 
     def __init__(self, num_features, momentum=0.9, eps=1e-5, **kw):
-        self.D, self.momentum, self.eps = int(num_features), float(momentum), float(eps)
+        self.D, self.momentum, self.eps = check_size(num_features, "BatchNormalization num_features"), \
+            float(momentum), float(eps)
+        if not (0 <= self.momentum <= 1 and 0 < self.eps < math.inf):
+            raise ConfigError(f"BatchNormalization needs momentum in [0, 1] and eps in (0, inf), got "
+                              f"momentum {momentum!r}, eps {eps!r}")
         super().__init__(**kw)
 
     def _kwargs(self):

@@ -12,7 +12,7 @@ from .backend import HostRNG, get_device, namespace, on_device_of
 from .checks import check_batch, check_labels
 from .errors import ConfigError, DTypeError, ShapeError
 from .layers import (Affine, BatchNormalization, Convolution, Dropout, MaxPooling, ReLU, Sigmoid,
-                     SoftmaxWithLoss, Tanh, _check_dtype, layer_from_spec)
+                     SoftmaxWithLoss, Tanh, _check_dtype, check_seed, check_size, layer_from_spec)
 
 __all__ = ["Sequential", "ParamDict", "TwoLayerNet", "MultiLayerNet", "SimpleConvNet", "DeepConvNet",
            "MODELS", "build_model", "model_from_config", "count_correct"]
@@ -91,8 +91,8 @@ class Sequential:
         self.loss_layer = loss if loss is not None else SoftmaxWithLoss()
         self.device = get_device(device)
         self.dtype = _check_dtype(dtype)
-        self.seed = int(seed)
-        self.input_shape = tuple(int(s) for s in input_shape)
+        self.seed = check_seed(seed)
+        self.input_shape = tuple(check_size(s, "an input_shape entry") for s in input_shape)
         self.weight_init = weight_init
         self.weight_decay = float(weight_decay)
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):

@@ -238,3 +238,33 @@ def test_backward_before_forward_is_a_clear_error(device):
         B.SoftmaxWithLoss().backward()
     with pytest.raises(ConfigError):   # the network's own order check, as before
         dn.TwoLayerNet(3, 4, 2, device=device).backward()
+
+
+# --------------------------------------------------------------------------- model sizes
+@pytest.mark.parametrize("make", [
+    lambda: dn.TwoLayerNet(4, 0, 2), lambda: dn.TwoLayerNet(4, -3, 2), lambda: dn.TwoLayerNet(0, 3, 2),
+    lambda: dn.TwoLayerNet(4, 3, 0), lambda: dn.MultiLayerNet(4, [5, 0], 2), lambda: dn.TwoLayerNet(4, 2.5, 2),
+    lambda: dn.SimpleConvNet((1, 8, 8), filter_num=0), lambda: dn.SimpleConvNet((1, 8, 8), filter_size=-1),
+    lambda: dn.TwoLayerNet(4, 3, 2, seed=-1)])
+def test_impossible_model_sizes_are_config_errors(make):
+    with pytest.raises(ConfigError):
+        make()
+
+
+@pytest.mark.parametrize("args", [(4, 0, 2), (4, -3, 2)])
+def test_the_books_networks_refuse_impossible_sizes(args):
+    from dualnet.book.two_layer_net import TwoLayerNet
+    from dualnet.book.ch04.two_layer_net import TwoLayerNet as NumericalNet
+    for cls in (TwoLayerNet, NumericalNet):
+        with pytest.raises(ConfigError):
+            cls(*args)
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "1e99"])
+def test_a_bad_book_seed_names_the_variable(monkeypatch, value):
+    from dualnet.book.two_layer_net import TwoLayerNet
+    monkeypatch.setenv("DUALNET_SEED", value)
+    with pytest.raises(ConfigError) as e:
+        TwoLayerNet(4, 3, 2)
+    assert "DUALNET_SEED" in str(e.value)
+
