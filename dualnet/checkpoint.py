@@ -14,10 +14,12 @@ Every problem is a :class:`CheckpointError` naming the file.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import numbers
 import os
+import stat
 import zipfile
 
 import numpy as np
@@ -27,7 +29,7 @@ from .io import atomic_write
 from .layers import LAYERS
 from .models import model_from_config
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "read_archive", "CheckpointError"]
 
 FORMAT = "dualnet-checkpoint-1"
 MAX_DIM = 2 ** 31  # no configured size may exceed this, whatever the file holds
@@ -322,22 +324,66 @@ def _check_consistent(c, doc, arrays):
 
 
 # --------------------------------------------------------------------------- reading
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\x93NUMPY", "a single .npy array"), (b"\x80", "a pickle"),
+          (b"\x1f\x8b", "a gzip file"), (b"%PDF", "a PDF document"), (b"\xff\xd8\xff", "a JPEG image"))
+
+
+def _what_it_is(head):
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    text = head.lstrip()
+    if text[:1] in (b"{", b"["):
+        return "a JSON (or other text) file"
+    return "an empty file" if not head else "a file of another kind"
+
+
+def read_archive(path, what="checkpoint"):
+    """The arrays of the ``.npz`` (zip) archive ``path``, read without pickle, as host arrays.
+
+    Every way a path can fail to be one is a :class:`CheckpointError` naming ``path`` and what it
+    is instead: missing, a dangling symlink or a symlink loop, a folder, a file of another kind
+    (NumPy alone would call a non-zip file "pickled data" and suggest ``allow_pickle``)."""
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if os.path.islink(path):
+            why = ("is a symbolic link loop" if e.errno == errno.ELOOP else
+                   f"is a symbolic link to {os.readlink(path)}, which does not exist")
+        elif e.errno == errno.ELOOP:
+            why = "lies under a symbolic link loop"
+        elif e.errno in (errno.ENOENT, errno.ENOTDIR):
+            why = "does not exist"
+        else:
+            why = f"cannot be read: {e.strerror or e}"
+        raise CheckpointError(f"{what} {path} {why}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"{what} {path} is a folder; pass the .npz file in it "
+                              f"(e.g. {os.path.join(path, 'checkpoint.npz')})")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{what} {path} is not a readable dualnet .npz file: it is "
+                                  f"{_what_it_is(head)}, not a checkpoint archive (a .npz zip file); "
+                                  f"pass a .npz file that dualnet wrote")
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{what} {path} is a damaged .npz archive ({type(e).__name__}: "
+                              f"{str(e).split('. If you trust')[0]})") from None
+
+
 def read_checkpoint(path):
     """Read and check a checkpoint into host arrays: returns ``(doc, arrays)``.
 
     Raises :class:`CheckpointError` naming ``path`` when the file is missing, unreadable, or
     its metadata or arrays do not fit each other (see the module docstring)."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path} is a folder; pass the .npz file in it "
-                              f"(e.g. {os.path.join(path, 'checkpoint.npz')})")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError) as e:
-        raise CheckpointError(f"checkpoint {path} is not a readable dualnet .npz file ({e})") from None
+    arrays = read_archive(path, "checkpoint")
     if "meta" not in arrays:
         raise CheckpointError(f"checkpoint {path} has no 'meta' entry: not a dualnet checkpoint")
     c = _Checker(path)

@@ -268,3 +268,111 @@ def test_a_bad_book_seed_names_the_variable(monkeypatch, value):
         TwoLayerNet(4, 3, 2)
     assert "DUALNET_SEED" in str(e.value)
 
+
+# --------------------------------------------------------------------------- messages
+NOT_ARCHIVES = {"json": b'{"model": "mlp"}', "png": b"\x89PNG\r\n\x1a\n" + bytes(64), "text": b"hello\n",
+                "npy": b"\x93NUMPY\x01\x00v\x00{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }"}
+
+
+@pytest.mark.parametrize("kind", list(NOT_ARCHIVES))
+def test_a_file_that_is_no_archive_is_called_so(capsys, tmp_path, kind):
+    bad = tmp_path / f"thing.{kind}"
+    bad.write_bytes(NOT_ARCHIVES[kind])
+    for argv in (["train", "--resume", bad, "--out", tmp_path / "run", "--no-progress"],
+                 ["evaluate", "--checkpoint", bad, "--device", "cpu"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and one_line(err) and str(bad) in err
+        assert "allow_pickle" not in err and "pickled" not in err  # never a hint to load unsafely
+    assert bad.read_bytes() == NOT_ARCHIVES[kind] and listing(tmp_path) == [bad.name]
+
+
+def test_a_symlink_loop_is_not_called_missing(capsys, tmp_path):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    os.symlink(b, a)
+    os.symlink(a, b)
+    code, _, err = run(capsys, "evaluate", "--checkpoint", a, "--device", "cpu")
+    assert code == 2 and one_line(err) and "does not exist" not in err and "loop" in err
+    os.unlink(b)
+    code, _, err = run(capsys, "evaluate", "--checkpoint", a, "--device", "cpu")  # dangling now
+    assert code == 2 and one_line(err) and str(b) in err
+    assert listing(tmp_path) == ["a.npz"]
+
+
+@pytest.mark.parametrize("devices", ["garbage", "cpu,gpu", "cuda:x", ","])
+def test_an_unknown_bench_device_is_an_error(capsys, tmp_path, devices):
+    out = tmp_path / "bench"
+    code, _, err = run(capsys, "bench", "--devices", devices, "--models", "mlp", "--batch-sizes", "4",
+                       "--steps", "3", "--out", out)
+    assert code == 2 and one_line(err)
+    assert not out.exists()  # no empty bench.json or bench.png
+
+
+def test_a_bench_with_no_usable_device_writes_nothing(capsys, tmp_path):
+    from dualnet.backend import cuda_status
+    if cuda_status()["available"]:
+        pytest.skip("a usable GPU: cuda:99 is the only device that surely is not")
+    out = tmp_path / "bench"
+    code, _, err = run(capsys, "bench", "--devices", "cuda:99", "--models", "mlp", "--batch-sizes", "4",
+                       "--steps", "3", "--out", out)
+    assert code == 2 and one_line(err) and "cuda:99" in err
+    assert not out.exists()
+
+
+def test_the_book_names_its_data_variable(tmp_path, monkeypatch):
+    """DUALNET_DATA_DIR at a folder without the IDX files (offline, no cache): the message names
+    the variable, never a --data-dir flag the book's scripts do not have."""
+    from dualnet import data as D
+    from dualnet.book.dataset.mnist import load_mnist
+    from dualnet.errors import DataError
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DUALNET_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.delenv("DUALNET_DATASET", raising=False)
+    monkeypatch.setattr(D, "system_dir", lambda name: str(tmp_path / "nosystem" / name))
+    monkeypatch.setitem(D.MIRRORS, "mnist", ["http://127.0.0.1:9/"])  # refused at once
+    with pytest.raises(DataError) as e:
+        load_mnist()
+    assert "DUALNET_DATA_DIR" in str(e.value) and "--data-dir" not in str(e.value)
+    assert listing(tmp_path / "empty") == []
+
+
+def test_the_command_line_names_its_data_flag(tmp_path, monkeypatch, capsys):
+    from dualnet import data as D
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(D, "system_dir", lambda name: str(tmp_path / "nosystem" / name))
+    monkeypatch.setitem(D.MIRRORS, "mnist", ["http://127.0.0.1:9/"])
+    code, _, err = run(capsys, "train", "--dataset", "mnist", "--data-dir", tmp_path / "empty", "--out",
+                       tmp_path / "run", "--device", "cpu", "--no-progress")
+    assert code == 2 and "--data-dir" in err and "Traceback" not in err and err.startswith("dualnet: error:")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_larger_than_the_training_set_is_said_in_the_header(capsys, tmp_path):
+    out = tmp_path / "run"
+    code, text, err = run(capsys, "train", "--batch-size", 5000, "--epochs", 1, "--out", out, "--device", "cpu",
+                          "--no-progress", "--no-plots")
+    assert code == 0, err
+    header = next(line for line in text.splitlines() if line.startswith("model:"))
+    assert "batch 5000" in header and "1497" in header  # how many images a step really takes
+    assert "Traceback" not in err and (out / "checkpoint.npz").exists()
+
+
+def test_out_inside_a_live_run_directory_is_refused(capsys, tmp_path):
+    import subprocess
+    import sys
+    live = tmp_path / "live"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from dualnet.io import RunDir; "
+                               f"RunDir({str(live)!r}).acquire(); print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = run(capsys, "train", "--out", live / "inner", "--epochs", 1, "--device", "cpu", "--no-progress")
+        assert code == 2 and one_line(err) and str(holder.pid) in err
+        assert not (live / "inner").exists()
+    finally:
+        holder.communicate("", timeout=30)
+    # once that run has ended, the same folder is fine
+    code, _, err = run(capsys, "train", "--out", live / "inner", "--epochs", 1, "--device", "cpu", "--no-progress",
+                       "--no-plots")
+    assert code == 0, err

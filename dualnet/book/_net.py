@@ -18,11 +18,10 @@ and ``bk``; the k-th batch normalization owns ``gammak`` and ``betak`` -- the bo
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import MutableMapping
 
 from ..backend import array_device, namespace
-from ..checkpoint import read_checkpoint, save_checkpoint
+from ..checkpoint import read_archive, read_checkpoint, save_checkpoint
 from ..checks import check_labels
 from ..errors import CheckpointError, ConfigError, DeviceError, ShapeError
 from ..layers import Affine, BatchNormalization, Convolution
@@ -272,14 +271,12 @@ class BookNetwork:
                     f"np.savez('{path}', **pickle.load(open('{orig}', 'rb')))\"")
             raise CheckpointError(f"{path} does not exist (load_params({orig!r}) reads {path}); "
                                   f"write it first with network.save_params({orig!r})")
-        hnp = _env.host().xp
         try:
-            with hnp.load(path, allow_pickle=False) as z:
-                names = list(z.files)
-                arrays = {k: z[k] for k in names}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-            raise CheckpointError(f"{path} is not a .npz file dualnet can read without pickle ({e}); "
-                                  f"write it with network.save_params({orig!r})") from None
+            arrays = read_archive(path, "parameter file")
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; dualnet reads parameters without pickle: write them with "
+                                  f"network.save_params({orig!r})") from None
+        names = list(arrays)
         if "meta" in arrays:   # a dualnet checkpoint
             _, stored = read_checkpoint(path)
             state = {k: v for k, v in stored.items() if not k.startswith("opt/")}
