@@ -235,11 +235,6 @@ RESUME_FIXED = ("model", "dataset", "val_fraction", "batch_size", "optimizer", "
                 "weight_decay", "seed", "dtype", "augment")
 
 
-# Settings that may differ between the ranks of one run (each has its own device; the data's
-# fingerprint, not its folder, must agree).
-_PER_RANK = ("device", "device_name", "data_dir")
-
-
 def _flag(key):
     return "--" + key.replace("_", "-")
 
@@ -264,6 +259,10 @@ def _resume_settings(args, doc, path):
         facts["model"] = mc["name"]
     if doc.get("optimizer"):
         facts["optimizer"] = doc["optimizer"]["type"].lower()
+
+    from .data import DATASETS
+    if cfg.get("dataset") is not None and cfg["dataset"] not in DATASETS:
+        raise UserError(f"checkpoint {path} records dataset {cfg['dataset']!r}, none of {', '.join(DATASETS)}")
 
     def refuse(flag, given, have):
         return UserError(f"{flag} {given} contradicts checkpoint {path}, whose run used {have}; leave "
@@ -426,8 +425,10 @@ def _train(args, out, run_dir, resume_doc, cfg, epochs, comm=None):
               "processes": comm.size if comm is not None else 1, "augment": bool(args.augment),
               "mirror_classes": list(data.mirror_classes) if args.augment else [],
               "model_kwargs": dict(getattr(model, "model_kwargs", None) or {}), "conv": args.conv or "auto"}
-    if comm is not None:  # ranks started with other flags or data would train apart, silently
-        comm.check_same(dict({k: v for k, v in config.items() if k not in _PER_RANK}, log_every=args.log_every,
+    if comm is not None:  # ranks started with other flags or data would train apart, silently; each has
+        # its own device, and the data's fingerprint (not its folder) must agree
+        comm.check_same(dict({k: v for k, v in config.items() if k not in ("device", "device_name", "data_dir")},
+                             log_every=args.log_every,
                              resume_position=[meta.get(k) for k in ("epoch", "epoch_step", "step")] if meta else None))
     n_train = data.x_train.shape[0]
     batch = (f"batch {args.batch_size}" if args.batch_size <= n_train else  # the trainer takes what there is

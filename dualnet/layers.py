@@ -22,6 +22,7 @@ import numbers
 
 from . import functions as F
 from .backend import HostRNG, get_device, namespace, on_device_of
+from .checks import check_labels
 from .errors import ConfigError, ShapeError
 from .init import weight_std
 
@@ -547,6 +548,9 @@ class SoftmaxWithLoss(Loss):
     """Softmax followed by mean cross-entropy; labels as integers (N,) or one-hot (N, K)."""
 
     def forward(self, x, t):
+        # dtype and shapes only: the range costs a host sync on a device (the network checks it
+        # where that is free)
+        check_labels(t, x.shape[-1], x.shape[0], check_range=False)
         self.loss, self.y, self.t = F.softmax_cross_entropy(x, t)
         return self.loss
 

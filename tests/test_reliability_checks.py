@@ -186,9 +186,17 @@ def test_every_entry_point_refuses_the_labels_the_loss_refuses(device):
         if device.is_host:
             with pytest.raises(DataError):
                 call(device.asarray(np.array([0, 5])))
+    from dualnet.book.common.layers import SoftmaxWithLoss as BookLoss
+    from dualnet.layers import SoftmaxWithLoss
+    scores = device.asarray(np.zeros((2, 2)), "float32")
+    with pytest.raises(DTypeError):
+        SoftmaxWithLoss().forward(scores, device.asarray(np.array([0.0, 1.0]), "float32"))
+    with pytest.raises(ShapeError):
+        SoftmaxWithLoss().forward(scores, device.asarray(np.array([0, 1, 1])))
     book = _book_net()
     hx = np.zeros((2, 4))
-    for call in (lambda t: book.loss(hx, t), lambda t: book.accuracy(hx, t)):
+    for call in (lambda t: book.loss(hx, t), lambda t: book.accuracy(hx, t),
+                 lambda t: BookLoss().forward(np.zeros((2, 2)), t)):
         with pytest.raises(DTypeError):
             call(np.array([0.0, 1.0]))
         with pytest.raises(DataError):

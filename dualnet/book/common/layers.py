@@ -15,7 +15,8 @@ import math
 
 from ... import layers as L
 from ...errors import ShapeError
-from .._env import device, dtype as env_dtype
+from ...checks import check_labels
+from .._env import device, dtype as env_dtype, is_host_data
 from .._net import to_device_input, to_device_labels
 
 __all__ = ["Relu", "Sigmoid", "Affine", "SoftmaxWithLoss", "Dropout", "BatchNormalization",
@@ -232,6 +233,8 @@ class SoftmaxWithLoss:
 
     def forward(self, x, t):
         dt = _float_dtype(x)
+        if is_host_data(t) and hasattr(t, "shape") and hasattr(x, "shape"):  # host labels: the range is free
+            check_labels(t, x.shape[-1], x.shape[0], what="t")
         with self.device.bind():
             loss = self._layer.forward(to_device_input(self.device, x, dt),
                                        to_device_labels(self.device, t))
