@@ -14,10 +14,12 @@ Every problem is a :class:`CheckpointError` naming the file.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import numbers
 import os
+import stat
 import zipfile
 
 import numpy as np
@@ -27,7 +29,7 @@ from .io import atomic_write
 from .layers import LAYERS
 from .models import model_from_config
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "read_archive", "CheckpointError"]
 
 FORMAT = "dualnet-checkpoint-1"
 MAX_DIM = 2 ** 31  # no configured size may exceed this, whatever the file holds
@@ -167,12 +169,14 @@ def _check_doc(c, doc):
         if opt.get("type") not in known:
             raise c.fail(f"the optimizer type is {_short(opt.get('type'))}; known: {', '.join(known)}")
         c.int(opt.get("t"), "the optimizer step count t", 0, 2 ** 63)
+        from .optimizers import hyper_problem
         for h in known[opt["type"]].hyper:
             if h not in opt:
                 raise c.fail(f"the optimizer state has no {h!r}")
             c.num(opt[h], f"the optimizer's {h}")
-        if not opt["lr"] > 0:
-            raise c.fail(f"the optimizer's lr is {opt['lr']}, expected > 0")
+            why = hyper_problem(h, opt[h])
+            if why:
+                raise c.fail(f"its {opt['type']} optimizer cannot train with these settings: {why}")
 
 
 def _expected_arrays(spec):
@@ -240,7 +244,8 @@ def _check_arrays(c, doc, arrays):
     slots = ()
     if opt is not None:
         from .optimizers import OPTIMIZERS
-        slots = next(cls.slots for cls in OPTIMIZERS.values() if cls.__name__ == opt["type"])
+        cls = next(cls for cls in OPTIMIZERS.values() if cls.__name__ == opt["type"])
+        slots = cls.slots
     for k, a in arrays.items():
         if not k.startswith("opt/"):
             continue
@@ -253,25 +258,137 @@ def _check_arrays(c, doc, arrays):
         if tuple(a.shape) != params[parts[2]]:
             raise c.fail(f"optimizer array {k!r} has shape {tuple(a.shape)} but parameter "
                          f"{parts[2]!r} has shape {params[parts[2]]}")
+        if parts[1] in cls.nonneg and a.size and float(a.min()) < 0:
+            raise c.fail(f"optimizer array {k!r} holds negative values (down to {float(a.min()):g}), but "
+                         f"{opt['type']}'s {parts[1]} sums squared gradients: it is never negative")
+
+
+# The run settings a checkpoint's ``meta.config`` may hold (``dualnet train`` writes them and
+# ``--resume`` continues with them): what each must be.
+def _run_setting_problems(cfg):
+    from .models import MODELS
+    from .optimizers import OPTIMIZERS, hyper_problem
+
+    def count(v, lo):
+        return _is_int(v) and v >= lo
+
+    rules = {
+        "model": (lambda v: v in MODELS, f"one of {', '.join(MODELS)}"),
+        "dataset": (lambda v: isinstance(v, str) and v != "", "a data set's name"),  # known ones: the CLI's
+        "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+        "epochs": (lambda v: count(v, 1), "an integer >= 1"),
+        "batch_size": (lambda v: count(v, 1), "an integer >= 1"),
+        "seed": (lambda v: count(v, 0), "an integer >= 0"),
+        "lr": (lambda v: hyper_problem("lr", v) is None, "a number in (0, inf)"),
+        "lr_decay": (lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
+        "weight_decay": (lambda v: _is_num(v) and 0 <= v < math.inf, "a finite number >= 0"),
+        "val_fraction": (lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
+        "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
+        "augment": (lambda v: isinstance(v, bool), "true or false"),
+        "data_dir": (lambda v: isinstance(v, str), "a folder"),
+    }
+    for k, (ok, want) in rules.items():
+        if cfg.get(k) is not None and not ok(cfg[k]):
+            yield f"its run configuration has {k} {_short(cfg[k])}, expected {want}"
+
+
+def _check_consistent(c, doc, arrays):
+    """The checkpoint against itself: the arrays' dtype, the run configuration and the named
+    model's settings (``model_kwargs``) against the stored layers.  Builds no array."""
+    model, cfg = doc["model"], doc.get("meta", {}).get("config") or {}
+    for why in _run_setting_problems(cfg):
+        raise c.fail(why)
+    for k, a in arrays.items():
+        if a.dtype != np.dtype(model["dtype"]):
+            raise c.fail(f"array {k!r} is {a.dtype} but the model configuration says dtype {model['dtype']}")
+    facts = {"model": model.get("name"), "dtype": model["dtype"], "weight_decay": model.get("weight_decay", 0.0),
+             "model_kwargs": model.get("model_kwargs")}
+    for k, v in facts.items():
+        if cfg.get(k) is not None and v is not None and cfg[k] != v:
+            raise c.fail(f"its run configuration has {k} {_short(cfg[k])} but its model {_short(v)}")
+    name = model.get("name")
+    if name is None:
+        return  # a network assembled by hand: its layers are all there is
+    from .layers import specs_only
+    from .models import MODELS
+    if name not in MODELS:
+        raise c.fail(f"its model is named {_short(name)}; known: {', '.join(MODELS)}")
+    try:
+        with specs_only():
+            specs = [layer.spec() for layer in MODELS[name](**(model.get("model_kwargs") or {})).layers]
+    except (DualnetError, TypeError, ValueError) as e:
+        raise c.fail(f"its {name} settings (model_kwargs) do not build a {name}: {e}") from None
+    specs = json.loads(json.dumps(specs))
+    if specs != model["layers"]:
+        diff = next((i for i, (a, b) in enumerate(zip(specs, model["layers"])) if a != b),
+                    min(len(specs), len(model["layers"])))
+        have = model["layers"][diff] if diff < len(model["layers"]) else "no layer"
+        want = specs[diff] if diff < len(specs) else "no layer"
+        raise c.fail(f"its {name} settings (model_kwargs) imply layer {diff} {_short(want)} but the "
+                     f"stored layers have {_short(have)}")
 
 
 # --------------------------------------------------------------------------- reading
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\x93NUMPY", "a single .npy array"), (b"\x80", "a pickle"),
+          (b"\x1f\x8b", "a gzip file"), (b"%PDF", "a PDF document"), (b"\xff\xd8\xff", "a JPEG image"))
+
+
+def _what_it_is(head):
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    text = head.lstrip()
+    if text[:1] in (b"{", b"["):
+        return "a JSON (or other text) file"
+    return "an empty file" if not head else "a file of another kind"
+
+
+def read_archive(path, what="checkpoint"):
+    """The arrays of the ``.npz`` (zip) archive ``path``, read without pickle, as host arrays.
+
+    Every way a path can fail to be one is a :class:`CheckpointError` naming ``path`` and what it
+    is instead: missing, a dangling symlink or a symlink loop, a folder, a file of another kind
+    (NumPy alone would call a non-zip file "pickled data" and suggest ``allow_pickle``)."""
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if os.path.islink(path):
+            why = ("is a symbolic link loop" if e.errno == errno.ELOOP else
+                   f"is a symbolic link to {os.readlink(path)}, which does not exist")
+        elif e.errno == errno.ELOOP:
+            why = "lies under a symbolic link loop"
+        elif e.errno in (errno.ENOENT, errno.ENOTDIR):
+            why = "does not exist"
+        else:
+            why = f"cannot be read: {e.strerror or e}"
+        raise CheckpointError(f"{what} {path} {why}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"{what} {path} is a folder; pass the .npz file in it "
+                              f"(e.g. {os.path.join(path, 'checkpoint.npz')})")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{what} {path} is not a readable dualnet .npz file: it is "
+                                  f"{_what_it_is(head)}, not a checkpoint archive (a .npz zip file); "
+                                  f"pass a .npz file that dualnet wrote")
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{what} {path} is a damaged .npz archive ({type(e).__name__}: "
+                              f"{str(e).split('. If you trust')[0]})") from None
+
+
 def read_checkpoint(path):
     """Read and check a checkpoint into host arrays: returns ``(doc, arrays)``.
 
     Raises :class:`CheckpointError` naming ``path`` when the file is missing, unreadable, or
     its metadata or arrays do not fit each other (see the module docstring)."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path} is a folder; pass the .npz file in it "
-                              f"(e.g. {os.path.join(path, 'checkpoint.npz')})")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, RuntimeError) as e:
-        raise CheckpointError(f"checkpoint {path} is not a readable dualnet .npz file ({e})") from None
+    arrays = read_archive(path, "checkpoint")
     if "meta" not in arrays:
         raise CheckpointError(f"checkpoint {path} has no 'meta' entry: not a dualnet checkpoint")
     c = _Checker(path)
@@ -284,6 +401,7 @@ def read_checkpoint(path):
         raise c.fail(f"its 'meta' entry is not valid JSON ({e})") from None
     _check_doc(c, doc)
     _check_arrays(c, doc, arrays)
+    _check_consistent(c, doc, arrays)
     return doc, arrays
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import time
@@ -279,6 +280,10 @@ def _resume_settings(args, doc, path):
     if doc.get("optimizer"):
         facts["optimizer"] = doc["optimizer"]["type"].lower()
 
+    from .data import DATASETS
+    if cfg.get("dataset") is not None and cfg["dataset"] not in DATASETS:
+        raise UserError(f"checkpoint {path} records dataset {cfg['dataset']!r}, none of {', '.join(DATASETS)}")
+
     def refuse(flag, given, have):
         return UserError(f"{flag} {given} contradicts checkpoint {path}, whose run used {have}; leave "
                          f"{flag} out to continue that run exactly, or start a new run (another --out)")
@@ -442,9 +447,17 @@ def _train(args, out, run_dir, resume_doc, cfg, epochs, comm=None):
               "processes": comm.size if comm is not None else 1, "augment": bool(args.augment),
               "mirror_classes": list(data.mirror_classes) if args.augment else [],
               "model_kwargs": dict(getattr(model, "model_kwargs", None) or {}), "conv": args.conv or "auto"}
+    if comm is not None:  # ranks started with other flags or data would train apart, silently; each has
+        # its own device, and the data's fingerprint (not its folder) must agree
+        comm.check_same(dict({k: v for k, v in config.items() if k not in ("device", "device_name", "data_dir")},
+                             log_every=args.log_every,
+                             resume_position=[meta.get(k) for k in ("epoch", "epoch_step", "step")] if meta else None))
+    n_train = data.x_train.shape[0]
+    batch = (f"batch {args.batch_size}" if args.batch_size <= n_train else  # the trainer takes what there is
+             f"batch {args.batch_size} (more than the {n_train} training images: one step of all {n_train} per epoch)")
     print(model.summary(short=True), flush=True)
     print(f"model: {args.model} ({model.num_params():,} parameters), {args.optimizer} lr {lr:g}, "
-          f"{epochs} epochs, batch {args.batch_size}, {model.dtype}; run directory {out}", flush=True)
+          f"{epochs} epochs, {batch}, {model.dtype}; run directory {out}", flush=True)
     tr = Trainer(model, opt, data, epochs=epochs, batch_size=args.batch_size,
                  schedule=LRSchedule(lr, args.lr_decay), out_dir=out, log_every=args.log_every,
                  progress=not args.no_progress, seed=args.seed, config=config, comm=comm,
@@ -584,6 +597,10 @@ def cmd_info(args):
 
 
 # --------------------------------------------------------------------------- bench
+# What a device name may be (whether that device is usable here is get_device's question).
+_KNOWN_DEVICE = re.compile(r"(cpu|auto|cuda|cuda:\d+|sim|sim:\d+)\Z")
+
+
 def _csv(s, conv=str, flag=""):
     try:
         return [conv(v.strip()) for v in s.split(",") if v.strip()]
@@ -600,13 +617,22 @@ def cmd_bench(args):
     batches = _csv(args.batch_sizes, int, "--batch-sizes")
     if not batches or min(batches) < 1:
         raise UserError(f"--batch-sizes must be positive integers, got {args.batch_sizes!r}")
+    devices = _csv(args.devices)
+    unknown = [d for d in devices if not _KNOWN_DEVICE.match(d.strip().lower())]
+    if unknown or not devices:  # a device that is not usable here is skipped; one that cannot exist is a mistake
+        raise UserError(f"--devices {args.devices!r}: unknown device(s) {', '.join(unknown) or '(none given)'}; "
+                        f"name devices as cpu, cuda, cuda:N, auto, sim or sim:N, comma-separated")
     if args.distributed:
         return _bench_distributed(args, models, batches)
     from .io import RunDir
     with RunDir(args.out, param="out"):  # an unusable --out is found before the benchmarks, not after
-        result = run_bench(_csv(args.devices), models, batches, args.dtype, args.steps, args.warmup,
+        result = run_bench(devices, models, batches, args.dtype, args.steps, args.warmup,
                            args.time_budget, args.compare_torch, args.layers, args.conv_batch,
                            count_ops=args.count_ops)
+        if not result["records"]:
+            why = "; ".join(f"{s['device']}: {s['reason']}" for s in result["skipped"] if s["impl"] == "dualnet")
+            raise UserError(f"nothing was measured: no device of --devices {args.devices} is usable "
+                            f"({why or 'no record'}); nothing was written")
         print()
         print(table(result))
         j, p = write_result(result, args.out)
@@ -679,7 +705,9 @@ def main(argv=None):
         return handlers[args.command](args)
     except DualnetError as e:
         from .errors import TrainingDiverged
-        agreed = isinstance(e, TrainingDiverged)  # every rank saw the same loss
+        agreed = isinstance(e, TrainingDiverged) or getattr(e, "agreed", False)  # met by every rank alike
+        if getattr(e, "quiet", False):  # another rank (rank 0) reports it
+            return e.exit_code
         if _COMM is None or _COMM.is_root or not agreed:
             print(f"dualnet: error: {_rank_prefix()}{_with_flag(e, ap, args.command)}", file=sys.stderr)
         return _end_ranks(e.exit_code, agreed)

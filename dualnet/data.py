@@ -236,9 +236,9 @@ def _find_mnist(name, data_dir, download):
     tried = "\n  ".join(candidates)
     if not download:
         raise DataError(f"{name} not found; looked in:\n  {tried}\n"
-                        f"Put the four IDX .gz files in --data-dir"
+                        f"Put the four IDX .gz files in a folder and pass it as data_dir"
                         + (", or install Debian's package: apt-get install dataset-fashion-mnist"
-                           if name == "fashion-mnist" else ""))
+                           if name == "fashion-mnist" else ""), param="data_dir")
     dest = cache_dir(name)
     os.makedirs(dest, exist_ok=True)
     paths = []
@@ -250,8 +250,9 @@ def _find_mnist(name, data_dir, download):
             except DataError as e:
                 raise DataError(f"{name} not found; looked in:\n  {tried}\nand {e}\n"
                                 f"Offline? Copy the IDX .gz files into one of those folders or pass "
-                                f"--data-dir" + (", or: apt-get install dataset-fashion-mnist"
-                                                 if name == "fashion-mnist" else "")) from None
+                                f"their folder as data_dir" + (", or: apt-get install dataset-fashion-mnist"
+                                                               if name == "fashion-mnist" else ""),
+                                param="data_dir") from None
         paths.append(p)
     return paths, dest
 
@@ -424,9 +425,9 @@ def load_cifar10(data_dir=None, normalize=True, flatten=False, one_hot=False, va
                 break
     if found is None:
         raise DataError("cifar10 not found; looked for data_batch_1..5.bin and test_batch.bin in:\n  "
-                        + "\n  ".join(candidates or ["(no --data-dir given)"])
+                        + "\n  ".join(candidates or ["(no data_dir given)"])
                         + "\nDownload cifar-10-binary.tar.gz (the binary version) from the CIFAR-10 "
-                          "page and pass its folder as --data-dir")
+                          "page and pass its folder as data_dir", param="data_dir")
     parts = [_read_cifar_batch(os.path.join(found, f)) for f in files]
     xtr = np.concatenate([p[0] for p in parts[:5]])
     ttr = np.concatenate([p[1] for p in parts[:5]])

@@ -40,12 +40,14 @@ Who writes
     Rank 0 alone writes checkpoints, metrics, plots and logs (:attr:`Communicator.is_root`).
 
 When a rank dies or hangs
-    Every collective runs under a watchdog: when no answer comes within ``timeout`` seconds
+    Every collective, and MPI's own start-up (MPI_Init, which waits for every rank to start),
+    runs under a watchdog: when no answer comes within ``timeout`` seconds
     (``DUALNET_DIST_TIMEOUT``, default 300), the waiting rank prints one line naming itself
     and what it waited for, and exits with :data:`EXIT_RANK_LOST` (4) without touching any
     file (checkpoints are written atomically: the last good one stays whole).  MPICH's
     ``mpiexec`` also ends the whole job as soon as one rank dies (``-disable-auto-cleanup``
-    leaves that to the watchdog).  An MPI error raised by a collective becomes a
+    leaves that to the watchdog).  A bad ``DUALNET_DIST_TIMEOUT`` is reported by rank 0 alone.
+    An MPI error raised by a collective becomes a
     :class:`RankLost` with the same message.  A Python error on one rank (a checkpoint that
     cannot be written, a bug) is printed by that rank, which then aborts the job
     (:meth:`Communicator.abort`) so the others do not wait for it.
@@ -60,11 +62,14 @@ from __future__ import annotations
 
 import array
 import contextlib
+import ctypes
+import json
 import os
 import socket
 import sys
 import threading
 import time
+import zlib
 
 from .backend import CPUDevice, CUDADevice, Device, cuda_device, cuda_status, get_device
 from .errors import DeviceError, DualnetError
@@ -109,18 +114,22 @@ def launch_info(env=None):
 
 
 def _timeout(timeout):
+    """Seconds a collective may wait: ``timeout``, else ``DUALNET_DIST_TIMEOUT``, else 300."""
+    source = "timeout"
     if timeout is None:
         raw = os.environ.get("DUALNET_DIST_TIMEOUT")
         if raw is None:
             return DEFAULT_TIMEOUT
+        source = f"DUALNET_DIST_TIMEOUT={raw!r}"
         try:
             timeout = float(raw)
         except ValueError:
-            raise DistributedError(f"DUALNET_DIST_TIMEOUT={raw!r} is not a number of seconds; "
-                                   f"set it to e.g. 300") from None
+            raise DistributedError(f"{source} is not a number of seconds; set it to a number > 0, "
+                                   f"e.g. 300") from None
     timeout = float(timeout)
     if not timeout > 0:
-        raise DistributedError(f"the collective timeout must be > 0 seconds, got {timeout}")
+        raise DistributedError(f"{source}: the collective timeout must be a number of seconds > 0, "
+                               f"got {timeout:g}; set it to e.g. 300")
     return timeout
 
 
@@ -215,6 +224,31 @@ class Communicator:
         """Every rank's list of floats (all of the same length), by rank: ``[[...], [...], ...]``."""
         return [[float(v) for v in values]]
 
+    def check_same(self, settings):
+        """Require every rank to run with the same ``settings`` (a dict of JSON-able values: the
+        run's configuration, the data's fingerprint); else raise :class:`DistributedError`,
+        the same on every rank, naming the first setting that differs."""
+        keys = sorted(settings)
+        mine = [float(zlib.crc32(json.dumps([k, settings[k]], sort_keys=True, default=str).encode()))
+                for k in keys]
+        n = [float(len(mine))]
+        if self.allreduce_host(n, "min") != self.allreduce_host(n, "max"):
+            err = DistributedError(f"the ranks compare {len(mine)} settings on rank {self.rank} but another "
+                                   f"number on another rank: every rank must run the same dualnet")
+            err.agreed = True
+            raise err
+        rows = self.allgather_host(mine)
+        for i, k in enumerate(keys):
+            other = [r for r, row in enumerate(rows) if row[i] != rows[0][i]]
+            if other:
+                err = DistributedError(
+                    f"the ranks were started with different settings: {k} differs between rank 0 and "
+                    f"rank{'s' if len(other) > 1 else ''} {', '.join(map(str, other))}"
+                    f"{f' (this rank has {settings[k]!r})' if self.rank in other or self.rank == 0 else ''}; "
+                    f"start every rank with the same flags, environment and data")
+                err.agreed = True  # every rank raises it: rank 0 alone prints it, no rank aborts
+                raise err
+
     def barrier(self, what="waiting for the other ranks"):
         pass
 
@@ -273,6 +307,44 @@ class _Watchdog:
         self._stop.set()
 
 
+def _mpi_module(watch):
+    """mpi4py's ``MPI`` module, with MPI initialised while ``watch`` is armed.
+
+    mpi4py initialises MPI inside ``from mpi4py import MPI``, holding the GIL, so a watchdog
+    thread could not run while MPI_Init waits for a rank that never comes.  Here the import
+    does not initialise; MPI_Init_thread is called through ctypes, which releases the GIL."""
+    try:
+        import mpi4py
+    except ImportError as e:
+        raise DistributedError(f"data-parallel training needs mpi4py ({e}); pip install 'dualnet[mpi]' "
+                               f"and launch with the mpiexec it installs") from None
+    if "mpi4py.MPI" not in sys.modules:
+        mpi4py.rc.initialize = False
+        mpi4py.rc.finalize = True   # still finalised at exit, as when mpi4py initialises
+    from mpi4py import MPI
+    if MPI.Is_initialized():
+        return MPI
+    watch.arm("starting MPI (waiting for every rank to start)")
+    try:
+        try:
+            init_thread = ctypes.CDLL(MPI.__file__).MPI_Init_thread
+        except (OSError, AttributeError):  # no symbol to call: mpi4py's own call (unguarded)
+            init_thread = None
+        if init_thread is None:
+            MPI.Init_thread()
+        else:
+            provided = ctypes.c_int(0)
+            err = init_thread(None, None, ctypes.c_int(MPI.THREAD_MULTIPLE), ctypes.byref(provided))
+            if err != 0:
+                raise DistributedError(f"MPI_Init_thread failed (MPI error code {err}); check that "
+                                       f"mpiexec belongs to mpi4py's MPI")
+    finally:
+        watch.disarm()
+    for c in (MPI.COMM_SELF, MPI.COMM_WORLD):  # errors raise MPI.Exception, as mpi4py's default
+        c.Set_errhandler(MPI.ERRORS_RETURN)
+    return MPI
+
+
 class MPIComm(Communicator):
     """The ranks of an MPI job (mpi4py), with NCCL on CUDA devices.
 
@@ -287,23 +359,32 @@ class MPIComm(Communicator):
     backend = "mpi"
 
     def __init__(self, mpi_comm=None, timeout=None):
-        try:
-            from mpi4py import MPI
-        except ImportError as e:
-            raise DistributedError(f"data-parallel training needs mpi4py ({e}); pip install 'dualnet[mpi]' "
-                                   f"and launch with the mpiexec it installs") from None
-        self._MPI = MPI
-        self._comm = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
-        self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
-        node = self._comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
-        node.Free()
-        self.host = MPI.Get_processor_name() or socket.gethostname()
         self.timeout = _timeout(timeout)
+        # Until MPI answers, the launcher's variables say who this is (for the watchdog's line).
+        info = launch_info()
+        self.rank, self.size = (info[0], info[1] or 0) if info else (0, 0)
+        self.host = socket.gethostname()
         self._dev_coll = None
         self.reduce_backend = None
         self.allreduce_calls, self.allreduce_s, self.allreduce_bytes = 0, 0.0, 0
+        # The watchdog exists before MPI does: a rank lost before or during start-up (MPI_Init,
+        # the split by host) ends this one like a rank lost in training.
         self._watch = _Watchdog(self.timeout, self._expired)
+        try:
+            self._start(mpi_comm)
+        except BaseException:
+            self._watch.close()
+            raise
+
+    def _start(self, mpi_comm):
+        MPI = self._MPI = _mpi_module(self._watch)
+        self._comm = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
+        self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
+        node = self._call("starting MPI (grouping the ranks by host)", self._comm.Split_type,
+                          MPI.COMM_TYPE_SHARED, key=self.rank)
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        node.Free()
+        self.host = MPI.Get_processor_name() or self.host
 
     def describe(self):
         return (f"rank {self.rank} of {self.size} (local rank {self.local_rank} of {self.local_size} "
@@ -533,6 +614,11 @@ def init(device="auto", timeout=None, env=None):
     if info is None or info[1] == 1:
         return SelfComm(device)
     rank, size, launcher = info
+    try:
+        timeout = _timeout(timeout)
+    except DistributedError as e:
+        e.quiet = rank != 0  # every rank reads the same setting: rank 0 alone says what is wrong
+        raise
     try:
         import mpi4py  # noqa: F401
     except ImportError:

@@ -187,6 +187,7 @@ class RunDir:
         if real in _HELD:  # this process holds it already (the CLI, then the Trainer)
             self._nested = _HELD[real]
             return self
+        self._check_not_inside_a_live_run(real)
         try:
             self._check_usable()
             self._lock()
@@ -197,6 +198,35 @@ class RunDir:
         self._real = real
         self.cleaned = clean_stale_temps(self.path)
         return self
+
+    def _check_not_inside_a_live_run(self, real):
+        """Refuse a folder inside another live run's directory (its files would mix with that
+        run's, and that run's --overwrite could remove them): checked before anything is created."""
+        import fcntl
+        d = os.path.dirname(real)
+        while True:
+            lock = os.path.join(d, self.LOCK)
+            if d not in _HELD and os.path.isfile(lock):
+                try:
+                    fd = os.open(lock, os.O_RDONLY)
+                except OSError:
+                    fd = None
+                if fd is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # free: a dead run's lock
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                    except OSError:
+                        holder = os.pread(fd, 64, 0).decode(errors="replace").split()
+                        raise RunDirBusy(f"run directory {self.path} lies inside {d}, the run directory "
+                                         f"of another live run (process {holder[0] if holder else '?'}, "
+                                         f"lock file {lock}); choose a {self.param} outside it",
+                                         param=self.param) from None
+                    finally:
+                        os.close(fd)
+            up = os.path.dirname(d)
+            if up == d:
+                return
+            d = up
 
     def _check_usable(self):
         p = self.path

@@ -17,10 +17,13 @@ Shape letters and gradient names are those of :mod:`dualnet.functions`.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
+import numbers
 
 from . import conv, functions as F
 from .backend import HostRNG, array_device, get_device, namespace, on_device_of
+from .checks import check_labels
 from .errors import ConfigError, ShapeError
 from .params import ParamSpec, place
 
@@ -70,7 +73,7 @@ class Layer:
     def __init__(self, *, device="cpu", dtype="float32", seed=0, weight_init="he"):
         self._device_spec, self._device = device, None   # resolved on first use
         self.dtype = _check_dtype(dtype)
-        self._seed, self.weight_init = seed, weight_init
+        self._seed, self.weight_init = check_seed(seed), weight_init
         self._params, self._buffers, self.grads = None, None, {}
         self.need_dx = True
 
@@ -145,6 +148,21 @@ class Layer:
         return f"{type(self).__name__}({kw})"
 
 
+_SPECS_ONLY = contextvars.ContextVar("dualnet_specs_only", default=False)
+
+
+@contextlib.contextmanager
+def specs_only():
+    """Layers (and networks) built in this context allocate no parameters or buffers: only their
+    sizes and :meth:`Layer.spec` are real.  A checkpoint's configuration is checked this way
+    before anything is built, whatever sizes it claims."""
+    token = _SPECS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _SPECS_ONLY.reset(token)
+
+
 def _bind_compute(cls):
     """Wrap the ``forward`` and ``backward`` a class defines in :func:`_bound`."""
     for name in ("forward", "backward"):
@@ -156,7 +174,14 @@ def _bound(method):
     """``method`` run under its layer's ``device.bind()``: a layer called alone computes on its
     own GPU (CuPy allocates on the current one, whatever ``device=`` says) -- the device of the
     layer for a :class:`Layer`, of the input for a :class:`Loss`."""
+    backward = method.__name__ == "backward"
+
     def run(self, x=None, *args, **kw):
+        # Call order: a flag in the instance, set after a forward that returned (no array is
+        # touched, so no host sync on a device).
+        if backward and not self.__dict__.get("_forwarded"):
+            raise ConfigError(f"{type(self).__name__}.backward() was called before its forward(): "
+                              f"call forward(x, ...) on the batch first, then backward(dout)")
         dev = getattr(self, "device", None)
         if dev is not None:
             ctx = dev.bind()
@@ -166,7 +191,10 @@ def _bound(method):
         else:
             ctx = getattr(self, "_bind", None) or contextlib.nullcontext()
         with ctx:
-            return method(self, *args, **kw) if x is None else method(self, x, *args, **kw)
+            out = method(self, *args, **kw) if x is None else method(self, x, *args, **kw)
+        if not backward:
+            self._forwarded = True
+        return out
     run.__name__, run.__qualname__, run.__doc__ = method.__name__, method.__qualname__, method.__doc__
     run.__wrapped__ = method
     return run
@@ -180,7 +208,12 @@ def build_layers(layers, device, dtype, rng=0, weight_init=None):
     ``weight_init``, when given, replaces every layer's own rule.  Returns the two flat buffers
     (parameters, buffers), each None when there is nothing in it.
     """
-    host = rng if isinstance(rng, HostRNG) else HostRNG(rng)
+    if _SPECS_ONLY.get():  # see specs_only(): sizes and specs only, nothing drawn or allocated
+        for layer in layers:
+            layer._device, layer.dtype = device, dtype
+            layer._params, layer._buffers, layer.grads = {}, {}, {}
+        return None, None
+    host = rng if isinstance(rng, HostRNG) else HostRNG(check_seed(rng))
     params, buffers = [], []
     for layer in layers:
         if weight_init is not None:
@@ -212,6 +245,26 @@ def _check_dtype(dtype):
     if d not in ("float32", "float64"):
         raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}", param="dtype")
     return d
+
+
+def check_size(value, what, lo=1):
+    """``value`` as an int >= ``lo``: every size a layer or network is built with passes here, so
+    a hidden size of 0 or -3 is one ConfigError naming it (not NumPy's error, or a division by 0)."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok and isinstance(value, float) and value.is_integer():
+        ok = True
+    if not ok or int(value) < lo:
+        raise ConfigError(f"{what} must be an integer >= {lo}, got {value!r}", param=None)
+    return int(value)
+
+
+def check_seed(seed, param="seed"):
+    """A seed of the host generator: an integer >= 0."""
+    if isinstance(seed, HostRNG):
+        return seed
+    if not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)) or int(seed) < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}", param=param)
+    return int(seed)
 
 
 # --------------------------------------------------------------------------- activations
@@ -323,7 +376,8 @@ class Affine(Layer):
     roles = {"W": "weight", "b": "bias"}
 
     def __init__(self, in_features, out_features, **kw):
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = check_size(in_features, "Affine in_features")
+        self.out_features = check_size(out_features, "Affine out_features")
         super().__init__(**kw)
 
     def _kwargs(self):
@@ -380,8 +434,10 @@ class Convolution(Layer):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad=0, method=None, **kw):
         k = kernel_size if isinstance(kernel_size, (tuple, list)) else (kernel_size, kernel_size)
-        self.C, self.FN, self.FH, self.FW = int(in_channels), int(out_channels), int(k[0]), int(k[1])
-        self.stride, self.pad = int(stride), int(pad)
+        self.C, self.FN, self.FH, self.FW = (check_size(v, f"Convolution {n}") for v, n in (
+            (in_channels, "in_channels"), (out_channels, "out_channels"), (k[0], "kernel height"),
+            (k[1], "kernel width")))
+        self.stride, self.pad = check_size(stride, "Convolution stride"), check_size(pad, "Convolution pad", 0)
         self.method = method or "auto"
         if self.method not in conv.method_names():
             raise ConfigError(f"unknown convolution method {method!r}; choose one of "
@@ -418,10 +474,10 @@ class Convolution(Layer):
 # --------------------------------------------------------------------------- pooling
 class _Pooling(Layer):
     def __init__(self, pool_h, pool_w=None, stride=None, pad=0, **kw):
-        self.PH = int(pool_h)
-        self.PW = int(pool_w if pool_w is not None else pool_h)
-        self.stride = int(stride if stride is not None else self.PH)
-        self.pad = int(pad)
+        self.PH = check_size(pool_h, "pooling pool_h")
+        self.PW = check_size(pool_w if pool_w is not None else pool_h, "pooling pool_w")
+        self.stride = check_size(stride if stride is not None else self.PH, "pooling stride")
+        self.pad = check_size(pad, "pooling pad", 0)
         super().__init__(**kw)
 
     def _kwargs(self):
@@ -523,7 +579,11 @@ class BatchNormalization(Layer):
     roles = {"gamma": "scale", "beta": "shift"}
 
     def __init__(self, num_features, momentum=0.9, eps=1e-5, **kw):
-        self.D, self.momentum, self.eps = int(num_features), float(momentum), float(eps)
+        self.D, self.momentum, self.eps = check_size(num_features, "BatchNormalization num_features"), \
+            float(momentum), float(eps)
+        if not (0 <= self.momentum <= 1 and 0 < self.eps < math.inf):
+            raise ConfigError(f"BatchNormalization needs momentum in [0, 1] and eps in (0, inf), got "
+                              f"momentum {momentum!r}, eps {eps!r}")
         super().__init__(**kw)
 
     def _kwargs(self):
@@ -667,6 +727,9 @@ class SoftmaxWithLoss(Loss):
     """Softmax followed by mean cross-entropy; labels as integers (N,) or one-hot (N, K)."""
 
     def forward(self, x, t):
+        # dtype and shapes only: the range costs a host sync on a device (the network checks it
+        # where that is free)
+        check_labels(t, x.shape[-1], x.shape[0], check_range=False)
         self.loss, self.y, self.t = F.softmax_cross_entropy(x, t)
         return self.loss
 

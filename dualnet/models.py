@@ -9,11 +9,12 @@ import math
 
 from . import conv
 from .backend import HostRNG, get_device, namespace, on_device_of
+from .checks import check_batch, check_labels
 from .errors import ConfigError, DTypeError, ShapeError
 from .seeds import layer_seed
 from .layers import (Affine, BatchNormalization, Convolution, Dropout, Flatten, MaxPooling, ReLU,
-                     Resize, Sigmoid, SoftmaxWithLoss, Tanh, _check_dtype, build_layers, layer_from_spec,
-                     move_layers)
+                     Resize, Sigmoid, SoftmaxWithLoss, Tanh, _check_dtype, build_layers, check_seed,
+                     check_size, layer_from_spec, move_layers)
 from .params import FlatDict, concat, place, split
 
 __all__ = ["Sequential", "TwoLayerNet", "MultiLayerNet", "SimpleConvNet", "DeepConvNet",
@@ -73,8 +74,8 @@ class Sequential:
         self.loss_layer = loss if loss is not None else SoftmaxWithLoss()
         self.device = get_device(device)
         self.dtype = _check_dtype(dtype)
-        self.seed = int(seed)
-        self.input_shape = tuple(int(s) for s in input_shape)
+        self.seed = check_seed(seed)
+        self.input_shape = tuple(check_size(s, "an input_shape entry") for s in input_shape)
         self.weight_init = weight_init
         self.weight_decay = float(weight_decay)
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
@@ -208,6 +209,7 @@ class Sequential:
     # -- compute -------------------------------------------------------------------
     def _check_input(self, x):
         self.device.check(x, "input")
+        check_batch(x)
         if tuple(x.shape[1:]) != self.input_shape:
             raise ShapeError(f"input has shape {tuple(x.shape)} but the model expects (N, "
                              f"{', '.join(map(str, self.input_shape))}); reshape the data "
@@ -255,31 +257,8 @@ class Sequential:
             self.scores = self.predict(x, train)
             loss = self.loss_layer.forward(self.scores, t)
             return loss + self.penalty() if self.weight_decay else loss
-        xp = self.device.xp
-        K = self.output_shape[-1]
         N = x.shape[0] if hasattr(x, "shape") and len(x.shape) else None
-        if t.ndim == 1 and xp.isdtype(t.dtype, "integral"):
-            if N is not None and t.shape[0] != N:
-                raise ShapeError(f"labels have shape {tuple(t.shape)} but the input has {N} samples; "
-                                 f"pass one label per sample")
-            if self.device.is_host and t.shape[0]:
-                lo, hi = int(xp.min(t)), int(xp.max(t))
-                if lo < 0 or hi >= K:
-                    from .errors import DataError
-                    raise DataError(f"labels hold {lo if lo < 0 else hi} but the model has {K} classes "
-                                     f"(0..{K - 1}); fix the labels or build the model with "
-                                     f"output_size > {hi}")
-        elif t.ndim == 2 and xp.isdtype(t.dtype, "real floating"):
-            if N is not None and tuple(t.shape) != (N, K):
-                raise ShapeError(f"one-hot labels have shape {tuple(t.shape)} but the scores have shape "
-                                 f"({N}, {K}); pass (N, K) one-hot rows or (N,) integer labels")
-        elif t.ndim in (1, 2):
-            raise DTypeError(f"labels have dtype {t.dtype} and shape {tuple(t.shape)}: (N,) labels must be "
-                             f"integers and (N, K) one-hot labels floats; convert them with "
-                             f"device.asarray(t, 'int64') or device.asarray(t, '{self.dtype}')")
-        else:
-            raise ShapeError(f"labels have shape {tuple(t.shape)}; expected (N,) integer labels or "
-                             f"(N, K) one-hot rows")
+        check_labels(t, self.output_shape[-1], N, check_range=self.device.is_host)
         self.scores = self.predict(x, train)
         loss = self.loss_layer.forward(self.scores, t)
         return loss + self.penalty() if self.weight_decay else loss
@@ -356,9 +335,7 @@ class Sequential:
     def _count_correct(self, x, t, batch_size):
         self.device.check(t, "labels")
         correct, N = None, x.shape[0]
-        if t.shape[0] != N:
-            raise ShapeError(f"labels have shape {tuple(t.shape)} but x has {N} samples; pass one label "
-                             f"per sample")
+        check_labels(t, self.output_shape[-1], N, check_range=self.device.is_host)
         for s in range(0, N, batch_size):
             e = min(s + batch_size, N)  # the array API leaves out-of-range slice ends unspecified
             c = count_correct(self.predict(x[s:e, ...]), t[s:e, ...])

@@ -31,16 +31,40 @@ __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "OPTIMIZ
            "make_optimizer", "LRSchedule"]
 
 
+# The valid range of every hyper-parameter, as (low, high, is low allowed); high is never allowed.
+# A beta or momentum of 1 keeps the first value for ever, above 1 (or below 0) it diverges:
+# an optimizer that accepted one would train silently wrong.
+HYPER_RANGES = {"lr": (0.0, math.inf, False), "momentum": (0.0, 1.0, True), "decay_rate": (0.0, 1.0, True),
+                "beta1": (0.0, 1.0, True), "beta2": (0.0, 1.0, True)}
+
+
+def hyper_problem(name, value):
+    """None when ``value`` is a usable ``name`` (see :data:`HYPER_RANGES`), else what is wrong,
+    with the valid range: the one check of constructors and of checkpoints."""
+    lo, hi, closed = HYPER_RANGES[name]
+    valid = f"{'[' if closed else '('}{lo:g}, {hi:g})"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return f"{name} must be a number in {valid}, got {value!r}"
+    if isinstance(value, bool) or not ((lo <= v if closed else lo < v) and v < hi):
+        return f"{name} must be in {valid}, got {value!r}"
+    return None
+
+
 class Optimizer:
     """Base class: ``update(params, grads)``, plus ``state_dict``/``load_state_dict`` for checkpoints."""
 
     slots = ()        # names of per-parameter state arrays
     hyper = ("lr",)   # names of scalar hyperparameters saved with the state
+    nonneg = ()       # slots that hold running sums of squares: never negative
 
-    def __init__(self, lr):
-        self.lr = float(lr)
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a finite number > 0, got {lr!r}", param="lr")
+    def __init__(self, lr, **hyper):
+        for name, value in dict(lr=lr, **hyper).items():
+            why = hyper_problem(name, value)
+            if why:
+                raise ConfigError(f"{type(self).__name__}: {why}", param=name)
+            setattr(self, name, float(value))
         self.state = {s: {} for s in self.slots}
         self.t = 0
         self._flat_of = None   # the flat parameter buffer the state is laid out for
@@ -139,6 +163,10 @@ class Optimizer:
             raise CheckpointError(f"checkpoint optimizer is {scalars.get('type')} but this run uses "
                                   f"{type(self).__name__}; resume with optimizer="
                                   f"'{str(scalars.get('type', '')).lower()}'", param="optimizer")
+        for h in self.hyper:
+            why = hyper_problem(h, scalars.get(h))
+            if why:
+                raise CheckpointError(f"the checkpoint's {type(self).__name__} state is unusable: {why}")
         self.t = int(scalars["t"])
         for h in self.hyper:
             setattr(self, h, float(scalars[h]))
@@ -167,8 +195,7 @@ class Momentum(Optimizer):
     hyper = ("lr", "momentum")
 
     def __init__(self, lr=0.01, momentum=0.9):
-        super().__init__(lr)
-        self.momentum = float(momentum)
+        super().__init__(lr, momentum=momentum)
 
     def _update(self, key, p, g):
         v = self._slot("v", key, p)
@@ -192,6 +219,7 @@ class AdaGrad(Optimizer):
     """h += g*g;  p -= lr * g / (sqrt(h) + 1e-7)"""
 
     slots = ("h",)
+    nonneg = ("h",)
 
     def _update(self, key, p, g):
         xp = namespace(p)
@@ -205,10 +233,10 @@ class RMSprop(Optimizer):
 
     slots = ("h",)
     hyper = ("lr", "decay_rate")
+    nonneg = ("h",)
 
     def __init__(self, lr=0.01, decay_rate=0.99):
-        super().__init__(lr)
-        self.decay_rate = float(decay_rate)
+        super().__init__(lr, decay_rate=decay_rate)
 
     def _update(self, key, p, g):
         xp = namespace(p)
@@ -224,10 +252,10 @@ class Adam(Optimizer):
 
     slots = ("m", "v")
     hyper = ("lr", "beta1", "beta2")
+    nonneg = ("v",)
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999):
-        super().__init__(lr)
-        self.beta1, self.beta2 = float(beta1), float(beta2)
+        super().__init__(lr, beta1=beta1, beta2=beta2)
 
     def _begin_step(self):
         self._lr_t = self.lr * math.sqrt(1 - self.beta2 ** self.t) / (1 - self.beta1 ** self.t)

@@ -29,7 +29,8 @@ import time
 
 from . import functions as F
 from .checkpoint import save_checkpoint
-from .errors import CheckpointError, ConfigError, DataError, DTypeError, ShapeError, TrainingDiverged
+from .checks import check_labels
+from .errors import CheckpointError, ConfigError, ShapeError, TrainingDiverged
 from .io import RunDir, WriteError
 from .distributed import SelfComm
 from .models import count_correct
@@ -113,32 +114,6 @@ class _DeferSignals:
         self._old = {}
 
 
-def _check_labels(t, num_classes, what):
-    """Host labels: integers (N,) in [0, num_classes), or one-hot (N, K) floats."""
-    kind = getattr(t.dtype, "kind", None)
-    if kind is None:  # not a host array: checked by the model's loss instead
-        return
-    if t.ndim == 1:
-        if kind not in "iu":
-            raise DTypeError(f"{what} labels have dtype {t.dtype} but 1-D labels must be integer class "
-                             f"indices; convert them with t.astype('int64') or pass one-hot (N, K) rows")
-        if t.shape[0] and num_classes is not None:
-            lo, hi = int(t.min()), int(t.max())
-            if lo < 0 or hi >= num_classes:
-                bad = lo if lo < 0 else hi
-                raise DataError(f"{what} labels hold {bad}, outside the model's classes 0..{num_classes - 1}; "
-                                f"fix the labels or build the model with num_classes > {hi}")
-    elif t.ndim == 2:
-        if kind != "f":
-            raise DTypeError(f"{what} labels of shape {tuple(t.shape)} are one-hot rows and must be "
-                             f"floats, got {t.dtype}; pass (N,) integer labels or t.astype('float32')")
-        if num_classes is not None and t.shape[1] != num_classes:
-            raise ShapeError(f"{what} one-hot labels have {t.shape[1]} columns but the model has "
-                             f"{num_classes} classes; labels shape {tuple(t.shape)}")
-    else:
-        raise ShapeError(f"{what} labels have shape {tuple(t.shape)}; expected (N,) integers or (N, K) one-hot")
-
-
 class BatchSource:
     """Shuffled mini-batches of ``(x, t)`` (host arrays) on ``device``.
 
@@ -166,7 +141,8 @@ class BatchSource:
         if x.shape[0] == 0:
             raise ShapeError(f"the {what} is empty: x has shape "
                              f"{tuple(x.shape)}; pass at least one sample")
-        _check_labels(t, num_classes, what)
+        # host labels: the range check is free here, once (a per-step check on a device would sync)
+        check_labels(t, num_classes, x.shape[0], f"{what} labels", check_range=hasattr(t.dtype, "kind"))
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}",

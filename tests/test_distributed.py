@@ -285,3 +285,68 @@ def test_two_gpus_train_like_one_over_nccl(tmp_path, dtype, tol):
     w0, w1 = weights(out / "weights-2-0.npz"), weights(out / "weights-2-1.npz")
     assert max_diff(w0, w1) == 0.0
     assert max_diff(w0, one) <= tol
+
+
+# --------------------------------------------------------------------------- start-up
+_RANK1_THEN_TRAIN = """
+import os, signal, sys
+if os.environ["PMI_RANK"] == "1":
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))  # lost before MPI is initialised
+from dualnet.cli import main
+sys.exit(main(["train", "--device", "cpu", "--epochs", "1", "--out", sys.argv[2], "--no-progress"]))
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("sig", ["SIGSTOP", "SIGKILL"])
+def test_a_rank_lost_before_mpi_starts_ends_the_job(tmp_path, sig):
+    """Rank 1 stops (no launcher notices) or is killed before MPI is initialised: rank 0, waiting
+    in MPI's start-up, ends within the timeout; a stopped rank gets the watchdog's one line and
+    exit 4.  No traceback, and the run directory holds no checkpoint."""
+    out = tmp_path / "run"
+    r = mpirun(["-c", _RANK1_THEN_TRAIN, sig, out], env={"DUALNET_DIST_TIMEOUT": "3"}, timeout=60)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert not (out / "checkpoint.npz").exists()
+    if sig == "SIGSTOP":
+        assert r.returncode == EXIT_RANK_LOST, r.stdout + r.stderr
+        errors = [line for line in r.stderr.splitlines() if "dualnet: error:" in line]
+        assert len(errors) == 1 and errors[0].startswith("dualnet: error: rank 0 of 2"), r.stderr
+        assert "starting MPI" in errors[0]
+    else:
+        assert r.returncode != 0
+
+
+@needs_mpi
+@pytest.mark.parametrize("value", ["abc", "0", "-5"])
+def test_a_bad_timeout_is_reported_once_by_rank_0(tmp_path, value):
+    out = tmp_path / "run"
+    r = mpirun(["-m", "dualnet", "train", "--device", "cpu", "--out", out, "--no-progress"],
+               env={"DUALNET_DIST_TIMEOUT": value}, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("dualnet: error:")]
+    assert len(errors) == 1 and "DUALNET_DIST_TIMEOUT" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr and "DUALNET_DIST_TIMEOUT" not in r.stdout
+    assert not out.exists()
+
+
+_RANK1_EXTRA_FLAGS = """
+import os, sys
+from dualnet.cli import main
+extra = sys.argv[2:] if os.environ["PMI_RANK"] == "1" else []
+sys.exit(main(["train", "--device", "cpu", "--epochs", "1", "--out", sys.argv[1], "--no-progress", *extra]))
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("extra,setting", [(["--seed", "7"], "seed"), (["--lr", "0.01"], "lr"),
+                                           (["--val-fraction", "0.1"], "data_fingerprint")])
+def test_ranks_started_with_different_settings_are_refused(tmp_path, extra, setting):
+    """Rank 1 alone gets another flag: every rank stops before training with one line (from
+    rank 0) naming the setting, exit 2, and no checkpoint is written."""
+    out = tmp_path / "run"
+    r = mpirun(["-c", _RANK1_EXTRA_FLAGS, out, *extra], env={"DUALNET_DIST_TIMEOUT": "30"}, timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("dualnet: error:")]
+    assert len(errors) == 1 and f" {setting} differs" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr and "epoch 1/1" not in r.stdout
+    assert not (out / "checkpoint.npz").exists()

@@ -78,8 +78,10 @@ def next_seed():
     try:
         base = int(raw)
     except ValueError:
-        raise ConfigError(f"{ENV_SEED}={raw!r} is not an integer; set it to a whole number such as 0",
-                          param=ENV_SEED) from None
+        base = None
+    if base is None or base < 0:
+        raise ConfigError(f"{ENV_SEED}={raw!r} is not an integer >= 0; set it to a whole number such "
+                          f"as 0", param=ENV_SEED)
     return base + next(_counter)
 
 

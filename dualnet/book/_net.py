@@ -18,11 +18,11 @@ and ``bk``; the k-th batch normalization owns ``gammak`` and ``betak`` -- the bo
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import MutableMapping
 
 from ..backend import array_device, namespace
-from ..checkpoint import read_checkpoint, save_checkpoint
+from ..checkpoint import read_archive, read_checkpoint, save_checkpoint
+from ..checks import check_labels
 from ..errors import CheckpointError, ConfigError, DeviceError, ShapeError
 from ..layers import Affine, BatchNormalization, Convolution
 from ..models import count_correct
@@ -182,6 +182,8 @@ class BookNetwork:
         return to_device_input(self.device, x, self.dtype, what)
 
     def _t(self, t, what="t"):
+        if _env.is_host_data(t) and hasattr(t, "shape"):  # host labels: their range is free to check
+            check_labels(t, self._model.output_shape[-1], what=what)
         return to_device_labels(self.device, t, what)
 
     def _names(self, by_model):
@@ -214,9 +216,9 @@ class BookNetwork:
         if n == 0:
             raise ShapeError(f"accuracy of zero samples is undefined: x has shape {tuple(x.shape)}; "
                              f"pass at least one sample")
-        if t.shape[0] != n:
-            raise ShapeError(f"x has {n} samples but t has {t.shape[0]} (shape {tuple(t.shape)}); "
-                             f"pass one label per sample")
+        # the checks of the network's loss: host labels cost nothing to range-check
+        check_labels(t, self._model.output_shape[-1], n, "t", check_range=self.device.is_host or
+                     not self.device.owns(t))
         b = int(batch_size or self._eval_batch)
         dev, correct = self.device, None
         with dev.bind():
@@ -269,14 +271,12 @@ class BookNetwork:
                     f"np.savez('{path}', **pickle.load(open('{orig}', 'rb')))\"")
             raise CheckpointError(f"{path} does not exist (load_params({orig!r}) reads {path}); "
                                   f"write it first with network.save_params({orig!r})")
-        hnp = _env.host().xp
         try:
-            with hnp.load(path, allow_pickle=False) as z:
-                names = list(z.files)
-                arrays = {k: z[k] for k in names}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-            raise CheckpointError(f"{path} is not a .npz file dualnet can read without pickle ({e}); "
-                                  f"write it with network.save_params({orig!r})") from None
+            arrays = read_archive(path, "parameter file")
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; dualnet reads parameters without pickle: write them with "
+                                  f"network.save_params({orig!r})") from None
+        names = list(arrays)
         if "meta" in arrays:   # a dualnet checkpoint
             _, stored = read_checkpoint(path)
             state = {k: v for k, v in stored.items() if not k.startswith("opt/")}

@@ -17,7 +17,8 @@ import numpy as np
 
 from ... import layers as L
 from ...errors import ShapeError
-from .._env import device, dtype as env_dtype
+from ...checks import check_labels
+from .._env import device, dtype as env_dtype, is_host_data
 from .._net import to_device_input, to_device_labels
 from .functions import *   # noqa: F403 -- the book's layers.py star-imports its functions
 from .functions import __all__ as _FUNCTIONS
@@ -170,6 +171,7 @@ class BatchNormalization(_Layer):
     beta = _param_property("beta", "Shift (D,), on the layer's device.")
     dgamma = _grad_property("gamma")
     dbeta = _grad_property("beta")
+    _shape = ()  # the last forward's input shape; none before one (backward then says so)
 
     def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None):
         dt = _float_dtype(gamma)
@@ -236,6 +238,8 @@ class SoftmaxWithLoss:
 
     def forward(self, x, t):
         dt = _float_dtype(x)
+        if is_host_data(t) and hasattr(t, "shape") and hasattr(x, "shape"):  # host labels: the range is free
+            check_labels(t, x.shape[-1], x.shape[0], what="t")
         with self.device.bind():
             loss = self._layer.forward(to_device_input(self.device, x, dt),
                                        to_device_labels(self.device, t))

@@ -9,7 +9,8 @@ import urllib.request
 import numpy as np
 
 from ...data import load_dataset
-from .._env import data_dir, dataset_name
+from ...errors import DataError
+from .._env import ENV_DATA_DIR, data_dir, dataset_name
 
 # The book's module-level names that describe the data (its download URL, its folder and its
 # mnist.pkl cache are not dualnet's: files come from dualnet.data's lookup and are never pickled).
@@ -40,8 +41,14 @@ def load_mnist(normalize=True, flatten=True, one_hot_label=False):
     downloaded when missing.  ``DUALNET_DATASET=fashion-mnist`` loads Fashion-MNIST instead (same
     shapes and classes count; Debian ships it: ``apt-get install dataset-fashion-mnist``).
     """
-    ds = load_dataset(dataset_name(), data_dir=data_dir(), normalize=bool(normalize),
-                      flatten=bool(flatten), one_hot=bool(one_hot_label))
+    try:
+        ds = load_dataset(dataset_name(), data_dir=data_dir(), normalize=bool(normalize),
+                          flatten=bool(flatten), one_hot=bool(one_hot_label))
+    except DataError as e:
+        if e.param != "data_dir":
+            raise
+        # The book's scripts take no arguments: the folder is the environment variable's.
+        raise DataError(str(e).replace("data_dir", ENV_DATA_DIR), param=ENV_DATA_DIR) from None
     x_train, x_test = ds.x_train, ds.x_test
     if not normalize:   # the book keeps the file's bytes
         x_train, x_test = x_train.astype("uint8"), x_test.astype("uint8")
