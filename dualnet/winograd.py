@@ -192,8 +192,13 @@ def forward(x, W, b, pad, tile=2):
     """
     xp = namespace(x)
     BT, G, AT = transforms(tile)
+    if x.ndim != 4 or W.ndim != 4:
+        raise ShapeError(f"winograd convolution expects input (N, C, H, W) and filters (FN, C, 3, 3), "
+                         f"got shapes {tuple(x.shape)} and {tuple(W.shape)}")
     N, C, H, Wd = x.shape
     FN = W.shape[0]
+    if pad < 0:
+        raise ConfigError(f"winograd convolution: pad must be >= 0, got {pad}", param="pad")
     if not supports(W.shape[2], W.shape[3], 1) or W.shape[1] != C:
         raise ShapeError(f"winograd convolution takes filters (FN, C={C}, 3, 3) for input {tuple(x.shape)}; "
                          f"got W {tuple(W.shape)}")

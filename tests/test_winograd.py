@@ -174,5 +174,9 @@ def test_supports_and_clear_errors(device, rng):
         wg.forward(x, Wt, b, 1, tile=3)
     with pytest.raises(ShapeError, match=r"\(FN, C=2, 3, 3\).*W \(3, 2, 5, 5\)"):
         wg.forward(x, device.asarray(rng.standard_normal((3, 2, 5, 5)), "float64"), b, 1)
+    with pytest.raises(ConfigError, match="pad must be >= 0, got -1"):
+        wg.forward(x, Wt, b, -1)
+    with pytest.raises(ShapeError, match=r"input \(N, C, H, W\).*\(2, 6, 6\)"):
+        wg.forward(x[0, ...], Wt, b, 1)
     with pytest.raises(ShapeError, match="smaller than the 3x3 filter"):
         wg.forward(device.asarray(np.ones((1, 2, 2, 2)), "float64"), Wt, b, 0)
