@@ -35,8 +35,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
-
 from .backend import namespace, array_device
 from .errors import ConfigError, ShapeError
 
@@ -65,11 +63,18 @@ _F4 = dict(
 
 
 def transforms(tile):
-    """The float64 NumPy matrices (BT (alpha, alpha), G (alpha, 3), AT (tile, alpha)) of F(tile, 3)."""
+    """The matrices (BT (alpha, alpha), G (alpha, 3), AT (tile, alpha)) of F(tile, 3), as nested
+    lists of floats (the host side of this module needs no array library)."""
     if tile not in TILES:
         raise ConfigError(f"winograd tile {tile!r} is not offered; choose one of {TILES}", param="tile")
     m = _F2 if tile == 2 else _F4
-    return tuple(np.asarray(m[k], dtype=np.float64) for k in ("BT", "G", "AT"))
+    return tuple([[float(v) for v in row] for row in m[k]] for k in ("BT", "G", "AT"))
+
+
+def _kron(a, b):
+    """Kronecker product of two matrices given as nested lists: row i*len(b) + k, column
+    j*len(b[0]) + l holds a[i][j] * b[k][l] (the layout of a row-major (i, k) x (j, l) reshape)."""
+    return [[x * y for x in ra for y in rb] for ra in a for rb in b]
 
 
 class WinogradSaved(NamedTuple):
@@ -168,7 +173,7 @@ def _filter_transform(W, G):
     """U = G g GT for every filter g: W (FN, C, 3, 3) -> U (T, FN, C), as one GEMM with G (x) G."""
     xp = namespace(W)
     FN, C = W.shape[0], W.shape[1]
-    GG = _on(W, np.kron(G, G))                                           # (T, 9)
+    GG = _on(W, _kron(G, G))                                           # (T, 9)
     U = xp.matmul(GG, xp.matrix_transpose(xp.reshape(W, (FN * C, 9))))   # (T, FN*C)
     return xp.reshape(U, (GG.shape[0], FN, C))
 
@@ -262,7 +267,7 @@ def backward(dout, saved, W, need_dx=True):
     dG = xp.matmul(A, xp.reshape(dG, (alpha, m, FN * P)))                        # (k, l, FN*P)
     dG = xp.reshape(dG, (alpha * alpha, FN, P))
     dU = xp.matmul(dG, xp.matrix_transpose(saved.V))                             # (T, FN, C)
-    GG = _on(dout, np.kron(G, G))                                                # (T, 9)
+    GG = _on(dout, _kron(G, G))                                                # (T, 9)
     dW = xp.matmul(xp.matrix_transpose(xp.reshape(dU, (alpha * alpha, FN * C))), GG)
     dW = xp.reshape(dW, (FN, C, 3, 3))
     if not need_dx:

@@ -9,9 +9,15 @@ ranges in milliseconds.  Each method gets its output gradient in the memory orde
 output, as the layers above hand it back in a network ("rows" returns a batch-innermost view).
 Before timing, every contender's output and gradients are checked against "rows".
 
-Example::
+``--count`` instead counts array operations (GPU kernel launches) of one forward + backward per
+layer on the simulated device, for "gemm" (what ``auto`` runs there today) and Winograd, and of
+a whole DeepConvNet Adam step with every convolution's ``conv2d``/``conv2d_backward`` routed to
+Winograd (a stand-in until ``winograd`` is a method of ``conv2d``).
+
+Examples::
 
     python scripts/winograd_layers.py --threads 1 --reps 11 --warmup 2
+    python scripts/winograd_layers.py --count
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ def _parse():
     p.add_argument("--reps", type=int, default=11, help="timed repetitions per contender (default 11)")
     p.add_argument("--warmup", type=int, default=2, help="untimed repetitions first (default 2)")
     p.add_argument("--only", nargs="*", default=None, help="layers whose name contains one of these")
+    p.add_argument("--count", action="store_true", help="count array operations instead of timing")
     return p.parse_args()
 
 
@@ -113,7 +120,51 @@ def _fmt(ms):
     return f"{q2:7.1f} ±{q3 - q1:4.1f}"
 
 
+def _layer_ops(dev, xs, ws, pad, need_dx, rng):
+    """method -> array operations of one forward + backward on counting device ``dev``."""
+    x, W = (dev.asarray(rng.standard_normal(s), "float32") for s in (xs, ws))
+    b = dev.asarray(np.zeros(ws[0]), "float32")
+    run = {"gemm": lambda: F.conv2d_backward(*_dout(dev, *F.conv2d(x, W, b, 1, pad, "gemm")), W, need_dx)}
+    for tile in wg.TILES:
+        run[f"winograd{tile}"] = lambda t=tile: wg.backward(*_dout(dev, *wg.forward(x, W, b, pad, t)), W, need_dx)
+    out = {}
+    for k, fn in run.items():
+        dev.ops = 0
+        fn()
+        out[k] = dev.ops
+    return out
+
+
+def _dout(dev, out, saved):
+    ops = dev.ops
+    d = dev.asarray(np.ones(tuple(out.shape)), "float32")
+    dev.ops = ops
+    return d, saved
+
+
+def count(args):
+    from dualnet import bench
+    from dualnet.backend import CountingDevice, get_device
+    sim = get_device("sim")
+    dev, rng = CountingDevice(sim), np.random.default_rng(0)
+    print(f"array operations of one forward + backward on {sim.spec}, batch {args.batch}")
+    for name, xs, ws, pad, need_dx in layers(args.batch):
+        print(f"{name:17s}", "  ".join(f"{k} {v}" for k, v in _layer_ops(dev, xs, ws, pad, need_dx, rng).items()))
+    step = {"gemm": bench.ops_per_step(sim, "deep_convnet", args.batch, "float32")["train"]}
+    conv, conv_bw = F.conv2d, F.conv2d_backward
+    try:
+        for tile in wg.TILES:
+            F.conv2d = lambda x, W, b, stride=1, pad=0, method="auto", t=tile: wg.forward(x, W, b, pad, t)
+            F.conv2d_backward = lambda d, s, W, need_dx=True: wg.backward(d, s, W, need_dx)
+            step[f"winograd{tile}"] = bench.ops_per_step(sim, "deep_convnet", args.batch, "float32")["train"]
+    finally:
+        F.conv2d, F.conv2d_backward = conv, conv_bw
+    print("DeepConvNet Adam step:", "  ".join(f"{k} {v}" for k, v in step.items()))
+
+
 def main(args):
+    if args.count:
+        return count(args)
     rng = np.random.default_rng(0)
     print(f"batch {args.batch}, float32, {args.threads} thread(s), {args.reps} reps after {args.warmup} "
           f"warm-up, interleaved; ms median ±IQR: forward / backward / total; speed = rows total / total")

@@ -54,7 +54,7 @@ def test_transforms_compute_the_1d_correlation():
     for integer data in F(2, 3) and to float64 rounding in F(4, 3)."""
     rng = np.random.default_rng(3)
     for tile in TILES:
-        BT, G, AT = wg.transforms(tile)
+        BT, G, AT = (np.asarray(m) for m in wg.transforms(tile))
         assert BT.shape == (tile + 2, tile + 2) and G.shape == (tile + 2, 3) and AT.shape == (tile, tile + 2)
         for _ in range(5):
             d, g = rng.integers(-9, 10, tile + 2).astype(float), rng.integers(-9, 10, 3).astype(float)
