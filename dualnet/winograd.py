@@ -255,13 +255,15 @@ def backward(dout, saved, W, need_dx=True):
     nTH, nTW = _tiles(OH, OW, m)
     P = N * nTH * nTW
     db = xp.sum(dout, axis=(0, 2, 3))
-    if OH % m or OW % m:   # whole tiles: the cropped outputs get zero gradient
+    if OH % m or OW % m:   # back to whole tiles: the cropped outputs get zero gradient
         d = xp.zeros((N, FN, m * nTH, m * nTW), dtype=dout.dtype, device=array_device(dout))
         d[:, :, :OH, :OW] = dout
     else:
         d = dout
     # dG = A dY AT per tile, the adjoint of the output transform: (p, q, FN, P) -> (k, l, FN, P)
-    dY = xp.reshape(xp.permute_dims(xp.reshape(d, (N, FN, nTH, m, nTW, m)), (3, 5, 1, 0, 2, 4)), (m, m * FN * P))
+    # (N, FN, nTH, p, nTW, q) -> (p, q*FN*P): the reshape copies (dout arrives in NCHW order)
+    dY = xp.permute_dims(xp.reshape(d, (N, FN, nTH, m, nTW, m)), (3, 5, 1, 0, 2, 4))
+    dY = xp.reshape(dY, (m, m * FN * P))
     A = xp.matrix_transpose(_on(dout, AT))                                       # (alpha, m)
     dG = xp.matmul(A, dY)                                                        # (k, q, FN*P)
     dG = xp.matmul(A, xp.reshape(dG, (alpha, m, FN * P)))                        # (k, l, FN*P)

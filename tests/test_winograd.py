@@ -180,3 +180,19 @@ def test_supports_and_clear_errors(device, rng):
         wg.forward(x[0, ...], Wt, b, 1)
     with pytest.raises(ShapeError, match="smaller than the 3x3 filter"):
         wg.forward(device.asarray(np.ones((1, 2, 2, 2)), "float64"), Wt, b, 0)
+
+
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_matches_pytorch_conv2d(device, rng, tile, pad):
+    """Forward and autograd gradients of torch.nn.functional.conv2d, float64."""
+    torch = pytest.importorskip("torch")
+    x, Wt, b = _case(rng, 2, 3, 7, 6, 4)
+    dout = rng.standard_normal((2, 4, 5 + 2 * pad, 4 + 2 * pad))
+    tx, tW, tb = (torch.tensor(a, requires_grad=True) for a in (x, Wt, b))
+    tout = torch.nn.functional.conv2d(tx, tW, tb, stride=1, padding=pad)
+    tout.backward(torch.tensor(dout))
+    want = [tout.detach().numpy(), tx.grad.numpy(), tW.grad.numpy(), tb.grad.numpy()]
+    got = _winograd(device, x, Wt, b, dout, pad, tile)
+    for name, g, r in zip(("out", "dx", "dW", "db"), got, want):
+        assert _rel(g, r) < 1e-10, (name, _rel(g, r))
