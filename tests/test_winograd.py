@@ -1,0 +1,198 @@
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3): values and gradients against the direct convolution,
+float32 error against float64, and an operation count that does not grow with the map."""
+import numpy as np
+import pytest
+
+from dualnet import functions as F
+from dualnet import winograd as wg
+from dualnet.backend import CountingDevice
+from dualnet.errors import ConfigError, ShapeError
+from dualnet.gradcheck import numerical_gradient, rel_error
+
+TILES = wg.TILES
+
+# (N, C, H, W, FN, pad): pads 0-3, odd and even sizes (outputs that are and are not whole tiles
+# of 2 and of 4), batch 1 and more, one input channel
+CASES = [
+    (1, 2, 6, 6, 3, 0),    # output 4x4: whole tiles, no padding copy
+    (3, 3, 7, 8, 4, 0),    # output 5x6
+    (2, 1, 5, 5, 2, 1),    # output 5x5
+    (1, 4, 8, 6, 3, 1),    # output 8x6
+    (2, 3, 9, 7, 5, 2),    # output 11x9
+    (1, 2, 4, 5, 2, 2),    # output 6x7
+    (2, 2, 3, 3, 3, 3),    # output 7x7: pad wider than the filter reach
+]
+IDS = ["N{}_C{}_{}x{}_FN{}_p{}".format(*c) for c in CASES]
+
+
+def _case(rng, N, C, H, W, FN):
+    return (rng.standard_normal((N, C, H, W)), rng.standard_normal((FN, C, 3, 3)),
+            rng.standard_normal(FN))
+
+
+def _rel(a, r):
+    """Largest error relative to the largest reference value (elementwise relative error means
+    nothing where a gradient happens to be near zero)."""
+    return float(np.max(np.abs(a - r)) / np.max(np.abs(r)))
+
+
+def _direct(device, x, Wt, b, dout, pad, dtype="float64"):
+    """im2col's output and gradients as NumPy float64, for arrays given as host float64."""
+    a = [device.asarray(v, dtype) for v in (x, Wt, b, dout)]
+    out, ctx = F.conv2d(a[0], a[1], a[2], 1, pad, method="im2col")
+    return [device.to_numpy(v).astype(np.float64) for v in (out, *F.conv2d_backward(a[3], ctx, a[1]))]
+
+
+def _winograd(device, x, Wt, b, dout, pad, tile, dtype="float64"):
+    a = [device.asarray(v, dtype) for v in (x, Wt, b, dout)]
+    out, saved = wg.forward(a[0], a[1], a[2], pad, tile)
+    return [device.to_numpy(v).astype(np.float64) for v in (out, *wg.backward(a[3], saved, a[1]))]
+
+
+def test_transforms_compute_the_1d_correlation():
+    """Y = AT [(G g) * (BT d)] is the correlation of d (alpha values) with g (3 taps), exactly
+    for integer data in F(2, 3) and to float64 rounding in F(4, 3)."""
+    rng = np.random.default_rng(3)
+    for tile in TILES:
+        BT, G, AT = (np.asarray(m) for m in wg.transforms(tile))
+        assert BT.shape == (tile + 2, tile + 2) and G.shape == (tile + 2, 3) and AT.shape == (tile, tile + 2)
+        for _ in range(5):
+            d, g = rng.integers(-9, 10, tile + 2).astype(float), rng.integers(-9, 10, 3).astype(float)
+            want = np.array([d[i:i + 3] @ g for i in range(tile)])
+            np.testing.assert_allclose(AT @ ((G @ g) * (BT @ d)), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_float64_values_and_gradients_equal_the_direct_convolution(device, rng, case, tile):
+    """out, dx, dW, db against im2col to 1e-10 of the largest value, every pad, odd/even sizes."""
+    N, C, H, W, FN, pad = case
+    x, Wt, b = _case(rng, N, C, H, W, FN)
+    OH, OW = H + 2 * pad - 2, W + 2 * pad - 2
+    dout = rng.standard_normal((N, FN, OH, OW))
+    want = _direct(device, x, Wt, b, dout, pad)
+    got = _winograd(device, x, Wt, b, dout, pad, tile)
+    for name, g, r in zip(("out", "dx", "dW", "db"), got, want):
+        assert g.shape == r.shape, name
+        assert _rel(g, r) < 1e-10, (name, _rel(g, r))
+
+
+@pytest.mark.parametrize("tile", TILES)
+def test_gradients_pass_the_numerical_check(device, rng, tile):
+    """CS231n check in float64 on the method alone: backprop against central differences."""
+    x, Wt, b = (device.asarray(a, "float64") for a in _case(rng, 2, 2, 4, 5, 2))
+    pad = 1
+    out, saved = wg.forward(x, Wt, b, pad, tile)
+    r = device.asarray(rng.standard_normal(tuple(out.shape)), "float64")
+    xp = device.xp
+
+    def loss():  # sum(out * r): its gradient w.r.t. out is r
+        return xp.sum(wg.forward(x, Wt, b, pad, tile)[0] * r)
+
+    dx, dW, db = wg.backward(r, saved, Wt)
+    # linear in each argument: central differences have no truncation error, so h = 1e-3
+    for name, a, g in (("x", x, dx), ("W", Wt, dW), ("b", b, db)):
+        assert rel_error(g, numerical_gradient(loss, a, h=1e-3)) < 1e-7, (tile, name)
+
+
+# float32 error bounds, as the largest error over the largest float64 value, for He-initialised
+# filters (DeepConvNet's) on unit-normal inputs.  Machine epsilon of float32 is 1.19e-7.
+# - F(2x2, 3x3): 1e-6 (~8 eps).  Its transforms hold only 0, +-1 and +-1/2 (exact in binary), each
+#   transformed value is a sum of at most 4 (input) or 9 (filter) terms, so its rounding is that of
+#   the direct convolution's 9*C-term sums within a small factor: measured 1.7e-7 to 5.9e-7 at
+#   DeepConvNet's shapes and C=256, against 1.3e-7 to 6.1e-7 for float32 im2col.
+# - F(4x4, 3x3): 2e-5 (~170 eps).  Its interpolation points +-2 put entries up to 5 in BT and 8 in
+#   AT, and G's 1/6, 1/12, 1/24 are inexact in binary: a tile's outputs are signed sums of terms up
+#   to ~100x larger than themselves, and that cancellation costs ~6-7 bits.  Measured 1.5e-6 to
+#   7.6e-6 on the same shapes, 5-20x the direct convolution's.  (Set so that the test fails
+#   if a transform loses a term or precision, not to fit one draw.)
+F32_BOUND = {2: 1e-6, 4: 2e-5}
+
+
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("case", [(4, 16, 14, 14, 16, 1), (2, 32, 8, 8, 32, 2), (2, 64, 6, 6, 8, 1)],
+                         ids=["C16_14x14_p1", "C32_8x8_p2", "C64_6x6_p1"])
+def test_float32_error_against_float64_is_bounded(device, case, tile):
+    N, C, H, W, FN, pad = case
+    rng = np.random.default_rng(11)
+    x, Wt, b = _case(rng, N, C, H, W, FN)
+    Wt *= np.sqrt(2.0 / (9 * C))
+    b *= 0.1
+    dout = rng.standard_normal((N, FN, H + 2 * pad - 2, W + 2 * pad - 2))
+    want = _direct(device, x, Wt, b, dout, pad)
+    direct32 = _direct(device, x, Wt, b, dout, pad, "float32")
+    got = _winograd(device, x, Wt, b, dout, pad, tile, "float32")
+    for name, g, r, d in zip(("out", "dx", "dW"), got, want, direct32):
+        err, err_direct = _rel(g, r), _rel(d, r)
+        assert err < F32_BOUND[tile], (name, err, err_direct)
+        assert err > 0  # float32 really ran (a float64 path would be ~1e-16)
+        if tile == 2:  # as accurate as the direct convolution, within a small factor
+            assert err < 4 * err_direct, (name, err, err_direct)
+
+
+def _ops_of_one_step(device, H, tile, need_dx=True):
+    """Array operations (GPU kernel launches) of one forward + backward at an H x H map."""
+    dev = CountingDevice(device)
+    rng = np.random.default_rng(0)
+    x, Wt, b = (dev.asarray(a, "float32") for a in _case(rng, 2, 3, H, H, 4))
+    dout = dev.asarray(np.ones((2, 4, H, H)), "float32")
+    dev.ops = 0
+    out, saved = wg.forward(x, Wt, b, 1, tile)
+    wg.backward(dout, saved, Wt, need_dx)
+    return dev.ops
+
+
+@pytest.mark.parametrize("tile", TILES)
+def test_operation_count_does_not_grow_with_the_map(device, tile):
+    """No loop over tiles, images or channels: 8x8 and 32x32 take the same number of array
+    operations, and about as many as the "gemm" method that launch-bound devices use today
+    (F(4x4, 3x3) folds three overlapping pair offsets per axis back into dx, not two: 2 more)."""
+    small, large = _ops_of_one_step(device, 8, tile), _ops_of_one_step(device, 32, tile)
+    assert small == large, (small, large)
+    dev = CountingDevice(device)
+    x, Wt, b = (dev.asarray(a, "float32") for a in _case(np.random.default_rng(0), 2, 3, 32, 32, 4))
+    dev.ops = 0
+    out, ctx = F.conv2d(x, Wt, b, 1, 1, method="gemm")
+    F.conv2d_backward(dev.asarray(np.ones((2, 4, 32, 32)), "float32"), ctx, Wt)
+    assert 10 < large <= dev.ops + (tile - 2), (large, dev.ops)
+    assert _ops_of_one_step(device, 32, tile, need_dx=False) < large
+
+
+def test_need_dx_false_and_the_saved_record(device, rng):
+    x, Wt, b = (device.asarray(a, "float64") for a in _case(rng, 2, 2, 6, 6, 3))
+    out, saved = wg.forward(x, Wt, b, 1)
+    assert saved.method == "winograd" == wg.NAME and saved.tile == 2 and saved.x_shape == (2, 2, 6, 6)
+    dx, dW, db = wg.backward(device.asarray(np.ones(tuple(out.shape)), "float64"), saved, Wt, need_dx=False)
+    assert dx is None and tuple(dW.shape) == (3, 2, 3, 3) and tuple(db.shape) == (3,)
+
+
+def test_supports_and_clear_errors(device, rng):
+    assert wg.supports(3, 3, 1)
+    assert not any(wg.supports(*g) for g in ((3, 3, 2), (5, 5, 1), (3, 1, 1), (1, 1, 1)))
+    x, Wt, b = (device.asarray(a, "float64") for a in _case(rng, 1, 2, 6, 6, 3))
+    with pytest.raises(ConfigError, match=r"tile 3 .*\(2, 4\)"):
+        wg.forward(x, Wt, b, 1, tile=3)
+    with pytest.raises(ShapeError, match=r"\(FN, C=2, 3, 3\).*W \(3, 2, 5, 5\)"):
+        wg.forward(x, device.asarray(rng.standard_normal((3, 2, 5, 5)), "float64"), b, 1)
+    with pytest.raises(ConfigError, match="pad must be >= 0, got -1"):
+        wg.forward(x, Wt, b, -1)
+    with pytest.raises(ShapeError, match=r"input \(N, C, H, W\).*\(2, 6, 6\)"):
+        wg.forward(x[0, ...], Wt, b, 1)
+    with pytest.raises(ShapeError, match="smaller than the 3x3 filter"):
+        wg.forward(device.asarray(np.ones((1, 2, 2, 2)), "float64"), Wt, b, 0)
+
+
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_matches_pytorch_conv2d(device, rng, tile, pad):
+    """Forward and autograd gradients of torch.nn.functional.conv2d, float64."""
+    torch = pytest.importorskip("torch")
+    x, Wt, b = _case(rng, 2, 3, 7, 6, 4)
+    dout = rng.standard_normal((2, 4, 5 + 2 * pad, 4 + 2 * pad))
+    tx, tW, tb = (torch.tensor(a, requires_grad=True) for a in (x, Wt, b))
+    tout = torch.nn.functional.conv2d(tx, tW, tb, stride=1, padding=pad)
+    tout.backward(torch.tensor(dout))
+    want = [tout.detach().numpy(), tx.grad.numpy(), tW.grad.numpy(), tb.grad.numpy()]
+    got = _winograd(device, x, Wt, b, dout, pad, tile)
+    for name, g, r in zip(("out", "dx", "dW", "db"), got, want):
+        assert _rel(g, r) < 1e-10, (name, _rel(g, r))
