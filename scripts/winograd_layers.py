@@ -11,8 +11,7 @@ Before timing, every contender's output and gradients are checked against "rows"
 
 ``--count`` instead counts array operations (GPU kernel launches) of one forward + backward per
 layer on the simulated device, for "gemm" (what ``auto`` runs there today) and Winograd, and of
-a whole DeepConvNet Adam step with every convolution's ``conv2d``/``conv2d_backward`` routed to
-Winograd (a stand-in until ``winograd`` is a method of ``conv2d``).
+a whole DeepConvNet Adam step with every convolution run by ``winograd`` / ``winograd4``.
 
 Examples::
 
@@ -48,8 +47,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import numpy as np  # noqa: E402  (after the thread variables)
 
-from dualnet import functions as F  # noqa: E402
-from dualnet import winograd as wg  # noqa: E402
+from dualnet import conv as F  # noqa: E402
+from dualnet.conv import winograd as wg  # noqa: E402
 
 
 def layers(N):
@@ -80,7 +79,7 @@ def contenders(x, W, b, pad, need_dx, rng):
     out["rows"] = (rows, lambda s: F.conv2d_backward(s[0], s[1], W, need_dx))
     for tile in wg.TILES:
         def fwd(tile=tile):
-            o, saved = wg.forward(x, W, b, pad, tile)
+            o, saved = wg.winograd_forward(x, W, b, pad, tile)
             return _dout_like(o, r), saved
         out[f"winograd{tile}"] = (fwd, lambda s: wg.backward(s[0], s[1], W, need_dx))
     return out
@@ -126,7 +125,7 @@ def _layer_ops(dev, xs, ws, pad, need_dx, rng):
     b = dev.asarray(np.zeros(ws[0]), "float32")
     run = {"gemm": lambda: F.conv2d_backward(*_dout(dev, *F.conv2d(x, W, b, 1, pad, "gemm")), W, need_dx)}
     for tile in wg.TILES:
-        run[f"winograd{tile}"] = lambda t=tile: wg.backward(*_dout(dev, *wg.forward(x, W, b, pad, t)), W, need_dx)
+        run[f"winograd{tile}"] = lambda t=tile: wg.backward(*_dout(dev, *wg.winograd_forward(x, W, b, pad, t)), W, need_dx)
     out = {}
     for k, fn in run.items():
         dev.ops = 0
@@ -142,6 +141,23 @@ def _dout(dev, out, saved):
     return d, saved
 
 
+def _step_ops(sim, method, batch):
+    """Array operations of one DeepConvNet Adam step (after a first) with ``conv_method``."""
+    import dualnet as dn
+    from dualnet.backend import CountingDevice
+    from dualnet.training import train_step
+    dev = CountingDevice(sim)
+    net = dn.DeepConvNet((1, 28, 28), device=dev, conv_method=method)
+    opt, rng = dn.Adam(), np.random.default_rng(0)
+    x = dev.asarray(rng.standard_normal((batch, 1, 28, 28)), "float32")
+    t = dev.asarray(rng.integers(0, 10, batch))
+    with dev.bind():
+        train_step(net, opt, x, t)
+        dev.ops = 0
+        train_step(net, opt, x, t)
+    return dev.ops
+
+
 def count(args):
     from dualnet import bench
     from dualnet.backend import CountingDevice, get_device
@@ -151,14 +167,8 @@ def count(args):
     for name, xs, ws, pad, need_dx in layers(args.batch):
         print(f"{name:17s}", "  ".join(f"{k} {v}" for k, v in _layer_ops(dev, xs, ws, pad, need_dx, rng).items()))
     step = {"gemm": bench.ops_per_step(sim, "deep_convnet", args.batch, "float32")["train"]}
-    conv, conv_bw = F.conv2d, F.conv2d_backward
-    try:
-        for tile in wg.TILES:
-            F.conv2d = lambda x, W, b, stride=1, pad=0, method="auto", t=tile: wg.forward(x, W, b, pad, t)
-            F.conv2d_backward = lambda d, s, W, need_dx=True: wg.backward(d, s, W, need_dx)
-            step[f"winograd{tile}"] = bench.ops_per_step(sim, "deep_convnet", args.batch, "float32")["train"]
-    finally:
-        F.conv2d, F.conv2d_backward = conv, conv_bw
+    for method in ("winograd", "winograd4"):   # every convolution of the step by that method
+        step[method] = _step_ops(sim, method, args.batch)
     print("DeepConvNet Adam step:", "  ".join(f"{k} {v}" for k, v in step.items()))
 
 

@@ -3,8 +3,8 @@ float32 error against float64, and an operation count that does not grow with th
 import numpy as np
 import pytest
 
-from dualnet import functions as F
-from dualnet import winograd as wg
+from dualnet import conv as F
+from dualnet.conv import winograd as wg
 from dualnet.backend import CountingDevice
 from dualnet.errors import ConfigError, ShapeError
 from dualnet.gradcheck import numerical_gradient, rel_error
@@ -45,7 +45,7 @@ def _direct(device, x, Wt, b, dout, pad, dtype="float64"):
 
 def _winograd(device, x, Wt, b, dout, pad, tile, dtype="float64"):
     a = [device.asarray(v, dtype) for v in (x, Wt, b, dout)]
-    out, saved = wg.forward(a[0], a[1], a[2], pad, tile)
+    out, saved = wg.winograd_forward(a[0], a[1], a[2], pad, tile)
     return [device.to_numpy(v).astype(np.float64) for v in (out, *wg.backward(a[3], saved, a[1]))]
 
 
@@ -82,12 +82,12 @@ def test_gradients_pass_the_numerical_check(device, rng, tile):
     """CS231n check in float64 on the method alone: backprop against central differences."""
     x, Wt, b = (device.asarray(a, "float64") for a in _case(rng, 2, 2, 4, 5, 2))
     pad = 1
-    out, saved = wg.forward(x, Wt, b, pad, tile)
+    out, saved = wg.winograd_forward(x, Wt, b, pad, tile)
     r = device.asarray(rng.standard_normal(tuple(out.shape)), "float64")
     xp = device.xp
 
     def loss():  # sum(out * r): its gradient w.r.t. out is r
-        return xp.sum(wg.forward(x, Wt, b, pad, tile)[0] * r)
+        return xp.sum(wg.winograd_forward(x, Wt, b, pad, tile)[0] * r)
 
     dx, dW, db = wg.backward(r, saved, Wt)
     # linear in each argument: central differences have no truncation error, so h = 1e-3
@@ -137,7 +137,7 @@ def _ops_of_one_step(device, H, tile, need_dx=True):
     x, Wt, b = (dev.asarray(a, "float32") for a in _case(rng, 2, 3, H, H, 4))
     dout = dev.asarray(np.ones((2, 4, H, H)), "float32")
     dev.ops = 0
-    out, saved = wg.forward(x, Wt, b, 1, tile)
+    out, saved = wg.winograd_forward(x, Wt, b, 1, tile)
     wg.backward(dout, saved, Wt, need_dx)
     return dev.ops
 
@@ -160,26 +160,26 @@ def test_operation_count_does_not_grow_with_the_map(device, tile):
 
 def test_need_dx_false_and_the_saved_record(device, rng):
     x, Wt, b = (device.asarray(a, "float64") for a in _case(rng, 2, 2, 6, 6, 3))
-    out, saved = wg.forward(x, Wt, b, 1)
+    out, saved = wg.winograd_forward(x, Wt, b, 1)
     assert saved.method == "winograd" == wg.NAME and saved.tile == 2 and saved.x_shape == (2, 2, 6, 6)
     dx, dW, db = wg.backward(device.asarray(np.ones(tuple(out.shape)), "float64"), saved, Wt, need_dx=False)
     assert dx is None and tuple(dW.shape) == (3, 2, 3, 3) and tuple(db.shape) == (3,)
 
 
 def test_supports_and_clear_errors(device, rng):
-    assert wg.supports(3, 3, 1)
-    assert not any(wg.supports(*g) for g in ((3, 3, 2), (5, 5, 1), (3, 1, 1), (1, 1, 1)))
+    assert wg.fits(3, 3, 1)
+    assert not any(wg.fits(*g) for g in ((3, 3, 2), (5, 5, 1), (3, 1, 1), (1, 1, 1)))
     x, Wt, b = (device.asarray(a, "float64") for a in _case(rng, 1, 2, 6, 6, 3))
     with pytest.raises(ConfigError, match=r"tile 3 .*\(2, 4\)"):
-        wg.forward(x, Wt, b, 1, tile=3)
+        wg.winograd_forward(x, Wt, b, 1, tile=3)
     with pytest.raises(ShapeError, match=r"\(FN, C=2, 3, 3\).*W \(3, 2, 5, 5\)"):
-        wg.forward(x, device.asarray(rng.standard_normal((3, 2, 5, 5)), "float64"), b, 1)
+        wg.winograd_forward(x, device.asarray(rng.standard_normal((3, 2, 5, 5)), "float64"), b, 1)
     with pytest.raises(ConfigError, match="pad must be >= 0, got -1"):
-        wg.forward(x, Wt, b, -1)
+        wg.winograd_forward(x, Wt, b, -1)
     with pytest.raises(ShapeError, match=r"input \(N, C, H, W\).*\(2, 6, 6\)"):
-        wg.forward(x[0, ...], Wt, b, 1)
+        wg.winograd_forward(x[0, ...], Wt, b, 1)
     with pytest.raises(ShapeError, match="smaller than the 3x3 filter"):
-        wg.forward(device.asarray(np.ones((1, 2, 2, 2)), "float64"), Wt, b, 0)
+        wg.winograd_forward(device.asarray(np.ones((1, 2, 2, 2)), "float64"), Wt, b, 0)
 
 
 @pytest.mark.parametrize("tile", TILES)
@@ -196,3 +196,24 @@ def test_matches_pytorch_conv2d(device, rng, tile, pad):
     got = _winograd(device, x, Wt, b, dout, pad, tile)
     for name, g, r in zip(("out", "dx", "dW", "db"), got, want):
         assert _rel(g, r) < 1e-10, (name, _rel(g, r))
+
+
+@pytest.mark.parametrize("method", ["winograd", "winograd4"])
+def test_a_network_trains_the_same_through_the_registered_method(device, method):
+    """Selected by name like any method, Winograd gives a DeepConvNet the loss and gradients of
+    the im2col reference (float64), through the layer, the model and the registry's backward."""
+    import dualnet as dn
+    rng = np.random.default_rng(3)
+    x = device.asarray(rng.standard_normal((4, 1, 12, 12)), "float64")
+    t = device.asarray(rng.integers(0, 10, 4))
+    nets = [dn.DeepConvNet((1, 12, 12), device=device, dtype="float64", seed=1, conv_method=m)
+            for m in ("im2col", method)]
+    out = []
+    for net in nets:
+        loss = net.loss(x, t, train=True)
+        grads = net.backward()
+        out.append((float(device.to_numpy(loss)), {k: device.to_numpy(v) for k, v in grads.items()}))
+    assert abs(out[0][0] - out[1][0]) < 1e-12
+    for k, g in out[0][1].items():   # relative to the gradient's scale: entries near 0 carry rounding
+        assert np.max(np.abs(out[1][1][k] - g)) <= 1e-10 * np.max(np.abs(g)), k
+    assert sum(isinstance(l, dn.layers.Convolution) and l.saved.method == method for l in nets[1].layers) == 6

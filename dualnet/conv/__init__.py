@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ..backend import array_device
 from ..errors import ConfigError
-from . import gemm, im2col, rows, shift
+from . import gemm, im2col, rows, shift, winograd, winograd4
 from .geometry import ConvGeometry
 from .layout import CHWN, NCHW, layout_of
 
@@ -39,7 +39,7 @@ def register(module):
     return module
 
 
-for _m in (im2col, gemm, rows, shift):
+for _m in (im2col, gemm, rows, shift, winograd, winograd4):
     register(_m)
 
 

@@ -28,19 +28,23 @@ transform once, ``dG = A dout AT`` (T, FN, P), and then
   so dout is transformed once for both gradients and no pad below 0 needs a special case.
 
 Inputs whose output is not a multiple of the tile are zero-padded at the bottom/right to
-whole tiles and the output cropped.  See ``supports`` for what it takes; the caller (a
-``conv2d`` method table) chooses it.
+whole tiles and the output cropped.  Registered in :mod:`dualnet.conv` as ``"winograd"``
+(tile 2) and ``"winograd4"`` (tile 4, :mod:`.winograd4`); ``auto`` does not choose either on
+the CPU, where both are slower than ``rows`` (measured in docs/convolution.md).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from .backend import namespace, array_device
-from .errors import ConfigError, ShapeError
+from ..backend import namespace, array_device
+from ..errors import ConfigError, ShapeError
+from .layout import NCHW
 
-__all__ = ["NAME", "TILES", "supports", "forward", "backward", "WinogradSaved", "transforms"]
+__all__ = ["NAME", "LAYOUT", "TILES", "supports", "fits", "forward", "backward", "winograd_forward",
+           "WinogradSaved", "transforms"]
 
 NAME = "winograd"
+LAYOUT = NCHW
 TILES = (2, 4)
 """Output tile sizes m offered: F(2x2, 3x3) and F(4x4, 3x3)."""
 
@@ -79,7 +83,7 @@ def _kron(a, b):
 
 class WinogradSaved(NamedTuple):
     """What :func:`backward` needs from :func:`forward`."""
-    method: str          # "winograd"
+    method: str          # "winograd" (tile 2) or "winograd4"
     V: object            # (T, C, P) transformed input tiles, for dW
     U: object            # (T, FN, C) transformed filters, for dx
     x_shape: tuple       # (N, C, H, W)
@@ -89,7 +93,18 @@ class WinogradSaved(NamedTuple):
     OW: int
 
 
-def supports(FH, FW, stride):
+def supports(g):
+    """The conv method interface: True for a :class:`~dualnet.conv.geometry.ConvGeometry` of 3x3
+    filters at stride 1 (any pad)."""
+    return fits(g.FH, g.FW, g.stride)
+
+
+def forward(x, W, b, g):
+    """The conv method interface: F(2x2, 3x3) on geometry ``g`` (``winograd4`` is F(4x4, 3x3))."""
+    return winograd_forward(x, W, b, g.pad, 2)
+
+
+def fits(FH, FW, stride):
     """True for the layers this method computes: 3x3 filters, stride 1 (any pad)."""
     return FH == 3 and FW == 3 and stride == 1
 
@@ -178,7 +193,7 @@ def _filter_transform(W, G):
     return xp.reshape(U, (GG.shape[0], FN, C))
 
 
-def forward(x, W, b, pad, tile=2):
+def winograd_forward(x, W, b, pad, tile=2):
     """3x3 stride-1 convolution (cross-correlation) by Winograd F(tile x tile, 3 x 3).
 
     Parameters
@@ -204,7 +219,7 @@ def forward(x, W, b, pad, tile=2):
     FN = W.shape[0]
     if pad < 0:
         raise ConfigError(f"winograd convolution: pad must be >= 0, got {pad}", param="pad")
-    if not supports(W.shape[2], W.shape[3], 1) or W.shape[1] != C:
+    if not fits(W.shape[2], W.shape[3], 1) or W.shape[1] != C:
         raise ShapeError(f"winograd convolution takes filters (FN, C={C}, 3, 3) for input {tuple(x.shape)}; "
                          f"got W {tuple(W.shape)}")
     OH, OW = H + 2 * pad - 2, Wd + 2 * pad - 2
@@ -229,7 +244,7 @@ def forward(x, W, b, pad, tile=2):
     # (p, q, FN, N, nTH, nTW) -> (N, FN, nTH, p, nTW, q): the bias add writes the new layout
     out = xp.permute_dims(Y, (3, 2, 4, 0, 5, 1)) + xp.reshape(b, (1, FN, 1, 1, 1, 1))
     out = xp.reshape(out, (N, FN, m * nTH, m * nTW))[:, :, :OH, :OW]
-    return out, WinogradSaved(NAME, V, U, tuple(x.shape), pad, tile, OH, OW)
+    return out, WinogradSaved(NAME if tile == 2 else f"{NAME}{tile}", V, U, tuple(x.shape), pad, tile, OH, OW)
 
 
 def backward(dout, saved, W, need_dx=True):
