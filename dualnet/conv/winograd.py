@@ -206,8 +206,7 @@ def winograd_forward(x, W, b, pad, tile=2):
 
     Returns
     -------
-    out : array, shape (N, FN, OH, OW), OH = H + 2*pad - 2 (a view, cropped when OH or OW is
-        not a multiple of ``tile``)
+    out : array, shape (N, FN, OH, OW), OH = H + 2*pad - 2, C-contiguous
     saved : WinogradSaved   what :func:`backward` needs
     """
     xp = namespace(x)
@@ -243,7 +242,9 @@ def winograd_forward(x, W, b, pad, tile=2):
     Y = xp.reshape(Y, (m, m, FN, N, nTH, nTW))
     # (p, q, FN, N, nTH, nTW) -> (N, FN, nTH, p, nTW, q): the bias add writes the new layout
     out = xp.permute_dims(Y, (3, 2, 4, 0, 5, 1)) + xp.reshape(b, (1, FN, 1, 1, 1, 1))
-    out = xp.reshape(out, (N, FN, m * nTH, m * nTW))[:, :, :OH, :OW]
+    out = xp.reshape(out, (N, FN, m * nTH, m * nTW))
+    if OH % m or OW % m:   # cropped: copied, so the output is in the NCHW order LAYOUT declares
+        out = xp.asarray(out[:, :, :OH, :OW], copy=True)
     return out, WinogradSaved(NAME if tile == 2 else f"{NAME}{tile}", V, U, tuple(x.shape), pad, tile, OH, OW)
 
 
