@@ -27,6 +27,7 @@ import dualnet as dn
 from dualnet import data as D
 from dualnet.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from dualnet.cli import main
+from cli_run import one_line, run
 from dualnet.data import load_dataset
 from dualnet.errors import ConfigError, DataError, DeviceError, DTypeError, DualnetError, ShapeError
 from dualnet.io import RunDir, WriteError
@@ -34,16 +35,6 @@ from dualnet.training import BatchSource, Interrupted, Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HISTORY_KEYS = ("epoch", "train_acc", "test_acc", "running_acc", "lr")  # all but the timings
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err):
-    return err.count("\n") == 1 and err.startswith("dualnet: error:") and "Traceback" not in err
 
 
 def temps(folder):

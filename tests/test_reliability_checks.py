@@ -16,17 +16,8 @@ import pytest
 import dualnet as dn
 from dualnet.checkpoint import CheckpointError, load_checkpoint
 from dualnet.cli import main
+from cli_run import one_line, run
 from dualnet.errors import ConfigError, DualnetError
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err):
-    return err.count("\n") == 1 and err.startswith("dualnet: error:") and "Traceback" not in err
 
 
 def digest(path):
