@@ -1,22 +1,27 @@
 """``dualnet bench``: throughput of the same code on each device, with PyTorch as a yardstick.
 
-Every measurement warms up first, then times single steps, each between a
-``timer.start()`` and a ``timer.stop()`` that synchronizes the device before reading
-the clock (CUDA events on a GPU), and reports the median and inter-quartile range.
-All devices, models and batch sizes run in one process, so the ratios compare like
-with like.  PyTorch (``--compare-torch``) is optional and never a dependency.
+Measurements go through :mod:`dualnet.timing` with the device's own timer
+(``device.timer()``: its ``stop`` synchronizes the device before reading the clock, CUDA
+events on a GPU): warm-up first, dualnet and PyTorch interleaved call by call, the median
+and inter-quartile range reported.  All devices, models and batch sizes run in one process,
+so the ratios compare like with like.  PyTorch (``--compare-torch``) is optional and never a
+dependency; its network is the twin derived from the dualnet model's own layers
+(:mod:`dualnet.torch_twin`), with the same initial weights and the same batch.
 """
 from __future__ import annotations
 
 import os
 import platform
-import time
 
 import numpy as np
 
 from .backend import cuda_status, get_device, tune_allocator, versions
 from .errors import DeviceError
 from .io import write_json
+from .timing import SPREAD_WARN, summarize, time_interleaved, time_steps
+
+__all__ = ["BENCH_MODELS", "SCHEMA_KEYS", "run_bench", "measure", "table", "write_result", "plot",
+           "run_distributed_bench", "distributed_table", "time_interleaved", "time_steps", "summarize"]
 
 BENCH_MODELS = ("simple_convnet", "deep_convnet", "mlp", "alexnet")
 # The largest batch a model is benched at on the host (the CPU): AlexNet at 227x227 takes seconds
@@ -26,74 +31,7 @@ SCHEMA_KEYS = ("impl", "device", "device_name", "model", "batch_size", "dtype", 
                "step_ms_median", "step_ms_iqr", "peak_mem_bytes", "steps")
 
 
-# --------------------------------------------------------------------------- timing
-SPREAD_WARN = 0.10  # an IQR above this fraction of the median is reported as unstable
-
-
-def _timed_call(timer_factory, fn):
-    t = timer_factory()
-    t.start()
-    fn()
-    return t.stop()
-
-
-def time_interleaved(contenders, steps=20, warmup=3, time_budget=None, max_steps=None):
-    """Time each contender's calls, one call of each in turn, so drifts of the machine (load,
-    clocks, caches) hit all of them alike.
-
-    Parameters
-    ----------
-    contenders : dict name -> (timer_factory, fn)
-        ``timer_factory()`` gives a timer with ``start()`` and ``stop() -> ms``; ``stop`` must
-        wait for the device before reading the clock.
-    steps : int
-        Timed calls of each contender at least (3 at the least even when the budget runs out).
-    time_budget : float, optional
-        Seconds of timed calls, all contenders together; past ``steps`` calls, rounds go on
-        while any contender's IQR exceeds ``SPREAD_WARN`` of its median, until ``max_steps``
-        (default 3 * steps) or the budget.
-
-    Returns
-    -------
-    dict name -> list of float : milliseconds per call.
-    """
-    for _ in range(warmup):
-        for tf, fn in contenders.values():
-            _timed_call(tf, fn)
-    times = {k: [] for k in contenders}
-    spent = 0.0
-    max_steps = max_steps or 3 * max(3, steps)
-    for i in range(max_steps):
-        for k, (tf, fn) in contenders.items():
-            ms = _timed_call(tf, fn)
-            times[k].append(ms)
-            spent += ms / 1e3
-        n = i + 1
-        over = time_budget is not None and spent > time_budget
-        if n >= 3 and over:
-            break
-        if n >= steps and all(_spread(v) <= SPREAD_WARN for v in times.values()):
-            break
-    return times
-
-
-def time_steps(timer_factory, fn, steps=20, warmup=3, time_budget=None):
-    """Time ``fn()`` per call (see :func:`time_interleaved`, with one contender)."""
-    return time_interleaved({"fn": (timer_factory, fn)}, steps, warmup, time_budget)["fn"]
-
-
-def _spread(times_ms):
-    q1, med, q3 = np.percentile(times_ms, [25, 50, 75])
-    return (q3 - q1) / med if med > 0 else 0.0
-
-
-def summarize(times_ms, batch):
-    q1, med, q3 = np.percentile(times_ms, [25, 50, 75])
-    return {"step_ms_median": float(med), "step_ms_iqr": float(q3 - q1), "images_per_s": float(batch / med * 1e3),
-            "steps": len(times_ms), "unstable": bool(q3 - q1 > SPREAD_WARN * med)}
-
-
-# --------------------------------------------------------------------------- dualnet side
+# --------------------------------------------------------------------------- the models and their batch
 def input_shape(name):
     """One sample's shape for bench model ``name`` (MNIST-sized; AlexNet at its own 227x227x3),
     the same for dualnet and torch."""
@@ -105,22 +43,30 @@ def num_classes(name):
 
 
 def make_model(name, device, dtype, seed=0):
+    """Bench model ``name`` on ``device``; one seed gives the same initial weights on every device."""
     from .models import build_model
     shape = input_shape(name)
     kw = {"hidden_sizes": [100, 100, 100, 100]} if name == "mlp" else {}
     return build_model(name, shape, num_classes(name), device=device, dtype=dtype, seed=seed, **kw), shape
 
 
+def bench_batch(name, batch):
+    """The host batch both libraries train on: x (batch, *input_shape) uniform in [0, 1) and
+    labels t (batch,) in 0..9, float64 and int64 NumPy arrays."""
+    rng = np.random.default_rng(0)
+    return rng.random((batch,) + input_shape(name)), rng.integers(0, 10, batch)
+
+
+# --------------------------------------------------------------------------- dualnet side
 def dualnet_contenders(device, model_name, batch, dtype):
     """``{"train": fn, "infer": fn}`` for one dualnet model on ``device`` (a training step is
     :func:`dualnet.training.train_step` with Adam)."""
     from .optimizers import Adam
     from .training import train_step
-    model, shape = make_model(model_name, device, dtype)
+    model, _ = make_model(model_name, device, dtype)
     opt = Adam(1e-3)
-    rng = np.random.default_rng(0)
-    x = device.asarray(rng.random((batch,) + shape), dtype)
-    t = device.asarray(rng.integers(0, 10, batch))
+    xh, th = bench_batch(model_name, batch)
+    x, t = device.asarray(xh, dtype), device.asarray(th)
 
     def train():
         with device.bind():
@@ -158,64 +104,29 @@ def torch_status():
         return None, f"PyTorch is not installed ({type(e).__name__}); pip install torch to compare"
 
 
-def _torch_model(torch, name):
-    nn = torch.nn
-    if name == "simple_convnet":
-        return nn.Sequential(nn.Conv2d(1, 30, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                             nn.Linear(30 * 12 * 12, 100), nn.ReLU(), nn.Linear(100, 10))
-    if name == "deep_convnet":
-        layers, c = [], 1
-        for fn, pad, pool in ((16, 1, False), (16, 1, True), (32, 1, False), (32, 2, True), (64, 1, False),
-                              (64, 1, True)):
-            layers += [nn.Conv2d(c, fn, 3, padding=pad), nn.ReLU()] + ([nn.MaxPool2d(2)] if pool else [])
-            c = fn
-        return nn.Sequential(*layers, nn.Flatten(), nn.Linear(64 * 4 * 4, 50), nn.ReLU(), nn.Dropout(0.5),
-                             nn.Linear(50, 10), nn.Dropout(0.5))
-    if name == "mlp":
-        dims = [784, 100, 100, 100, 100]
-        layers = []
-        for a, b in zip(dims, dims[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
-        return nn.Sequential(*layers, nn.Linear(100, 10))
-    if name == "alexnet":  # derived from dualnet's own layers (the 'same' pools' padding included)
-        from .torch_twin import torch_twin
-        return torch_twin(torch, make_model(name, get_device("cpu"), "float32")[0])
-    raise ValueError(name)
-
-
-class _TorchTimer:
-    def __init__(self, torch, cuda):
-        self.torch, self.cuda = torch, cuda
-
-    def start(self):
-        if self.cuda:
-            self.a = self.torch.cuda.Event(enable_timing=True)
-            self.b = self.torch.cuda.Event(enable_timing=True)
-            self.a.record()
-        else:
-            self.t = time.perf_counter()
-
-    def stop(self):
-        if self.cuda:
-            self.b.record()
-            self.b.synchronize()
-            return self.a.elapsed_time(self.b)
-        return (time.perf_counter() - self.t) * 1e3
+def torch_model(torch, name):
+    """PyTorch's twin of bench model ``name``: derived from the dualnet model's layers, with its
+    initial weights (float64, on the host; the caller moves it)."""
+    from .torch_twin import torch_twin
+    return torch_twin(torch, make_model(name, get_device("cpu"), "float32")[0], copy_weights=True)
 
 
 def torch_contenders(torch, device, model_name, batch, dtype):
     """``({"train": fn, "infer": fn}, timer_factory, peak_memory(fn))`` for the same model in
-    PyTorch on the same hardware; raises where PyTorch has no such device."""
+    PyTorch on the same hardware, trained on the same batch; raises where PyTorch has no such device.
+
+    The timer is ``device``'s own: on a GPU its events are recorded on the default stream,
+    which PyTorch's kernels run on too, so one clock times both libraries.
+    """
     if device.torch_device is None:
         raise DeviceError(f"PyTorch has no counterpart of {device.spec}")
     tdev = torch.device(device.torch_device)
-    cuda = tdev.type == "cuda"
     tdtype = getattr(torch, dtype)
-    torch.manual_seed(0)
-    net = _torch_model(torch, model_name).to(tdev, tdtype)
+    torch.manual_seed(0)   # the dropout masks
+    net = torch_model(torch, model_name).to(tdev, tdtype)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    x = torch.rand((batch,) + input_shape(model_name), device=tdev, dtype=tdtype)
-    t = torch.randint(0, 10, (batch,), device=tdev)
+    xh, th = bench_batch(model_name, batch)
+    x, t = torch.from_numpy(xh).to(tdev, tdtype), torch.from_numpy(th).to(tdev)
 
     def train():
         net.train()
@@ -227,20 +138,21 @@ def torch_contenders(torch, device, model_name, batch, dtype):
         net.eval()
         with torch.no_grad():
             net(x)
+    return {"train": train, "infer": infer}, device.timer, lambda fn: _torch_peak(torch, tdev, fn)
 
-    def peak(fn):
-        """Bytes allocated at the peak of ``fn()`` beyond what was allocated before it, as
-        :meth:`dualnet.backend.Device.peak_memory` counts."""
-        if not cuda:
-            return None   # the CPU allocator reports nothing: see torch_cpu_peak
-        torch.cuda.synchronize(tdev)
-        torch.cuda.reset_peak_memory_stats(tdev)
-        before = torch.cuda.memory_allocated(tdev)
-        fn()
-        torch.cuda.synchronize(tdev)
-        return int(torch.cuda.max_memory_allocated(tdev) - before)
 
-    return {"train": train, "infer": infer}, (lambda: _TorchTimer(torch, cuda)), peak
+def _torch_peak(torch, tdev, fn):
+    """Bytes PyTorch allocated at the peak of ``fn()`` beyond what was allocated before it, as
+    :meth:`dualnet.backend.Device.peak_memory` counts; None on the CPU, whose allocator reports
+    nothing (see :func:`torch_cpu_peak`)."""
+    if tdev.type != "cuda":
+        return None
+    torch.cuda.synchronize(tdev)
+    torch.cuda.reset_peak_memory_stats(tdev)
+    before = torch.cuda.memory_allocated(tdev)
+    fn()
+    torch.cuda.synchronize(tdev)
+    return int(torch.cuda.max_memory_allocated(tdev) - before)
 
 
 def torch_cpu_peak(model_name, batch, dtype, phase, timeout=120):
@@ -337,20 +249,19 @@ def run_bench(devices, models, batch_sizes, dtype="float32", steps=20, warmup=3,
     """Run every measurement; returns ``{"environment", "records", "skipped", "warnings"}``.
 
     dualnet and PyTorch (``compare_torch``) are timed interleaved, call by call, for each
-    model, batch size and phase.  ``count_ops`` adds ``ops_per_step`` (array operations, i.e.
-    kernel launches on a GPU) to dualnet's records; ``layers`` adds the layer micro-benchmarks.
+    model, batch size and phase (:func:`measure`).  ``count_ops`` adds ``ops_per_step`` (array
+    operations, i.e. kernel launches on a GPU) to dualnet's records; ``layers`` adds the layer
+    micro-benchmarks.
     """
     tune_allocator()  # as in a training run: freed blocks kept for the next step
-    records, skipped, warnings = [], [], []
+    records, skipped = [], []
     env = environment()
-    load, cores = env.get("load_avg_1min"), env.get("cpu_count") or 1
-    if load is not None and load > 0.5 * cores:
-        warnings.append(f"the machine was busy when the bench started (load average {load:.1f} on "
-                        f"{cores} cores): timings may be slow and noisy")
+    warnings = _busy_warning(env)
     torch, torch_reason = torch_status() if compare_torch else (None, None)
     if compare_torch and torch is None:
         skipped.append({"impl": "torch", "device": "*", "reason": torch_reason})
         log(f"skipped torch: {torch_reason}")
+    timing = {"steps": steps, "warmup": warmup, "time_budget": time_budget}
     for spec in devices:
         try:
             dev = get_device(spec)
@@ -358,61 +269,102 @@ def run_bench(devices, models, batch_sizes, dtype="float32", steps=20, warmup=3,
             skipped.append({"impl": "dualnet", "device": spec, "reason": str(e)})
             log(f"skipped {spec}: {e}")
             continue
-        base = {"device": dev.spec, "device_name": dev.name, "dtype": dtype}
         for m in models:
             for b in batch_sizes:
-                cap = HOST_MAX_BATCH.get(m)
-                if cap and b > cap and dev.is_host:
-                    reason = (f"{m} at batch {b} on {dev.spec} would take minutes per measurement; "
-                              f"benched on the host up to batch {cap}")
-                    skipped.append({"impl": "dualnet", "device": dev.spec, "model": m, "batch_size": b,
-                                    "reason": reason})
-                    log(f"skipped {m} b={b} on {dev.spec}: {reason}")
-                    continue
-                ours = dualnet_contenders(dev, m, b, dtype)
-                theirs = None
-                if torch is not None:
-                    try:
-                        theirs = torch_contenders(torch, dev, m, b, dtype)
-                    except Exception as e:  # e.g. a CPU-only torch build asked for CUDA
-                        skipped.append({"impl": "torch", "device": dev.spec, "model": m, "reason": str(e)})
-                        log(f"skipped torch on {dev.spec}: {e}")
-                ops = ops_per_step(dev, m, b, dtype) if count_ops else {}
-                for phase in ("train", "infer"):
-                    contenders = {"dualnet": (dev.timer, ours[phase])}
-                    peaks = {"dualnet": dev.peak_memory(ours[phase])}
-                    if theirs is not None:
-                        contenders["torch"] = (theirs[1], theirs[0][phase])
-                        peaks["torch"] = theirs[2](theirs[0][phase])
-                        if peaks["torch"] is None and dev.is_host:
-                            peaks["torch"] = torch_cpu_peak(m, b, dtype, phase)
-                    with dev.bind():
-                        times = time_interleaved(contenders, steps, warmup, time_budget)
-                    for impl, ts in times.items():
-                        r = {**base, "model": m, "batch_size": b, "impl": impl, "phase": phase,
-                             "peak_mem_bytes": peaks[impl], "peak_mem_method": _peak_method(impl, dev),
-                             **summarize(ts, b)}
-                        if impl == "dualnet" and phase in ops:
-                            r["ops_per_step"] = ops[phase]
-                        records.append(r)
-                        log(_line(r))
+                recs, skips = measure(dev, m, b, dtype, torch, count_ops, log, **timing)
+                records += recs
+                skipped += skips
         if layers:
             for r in bench_layers(dev, dtype, conv_batch, steps, warmup, time_budget, gemm_n):
-                records.append({**base, **r})
+                records.append({"device": dev.spec, "device_name": dev.name, "dtype": dtype, **r})
                 log(_line(records[-1]))
     _add_ratios(records)
-    unstable = [r for r in records if r.get("unstable")]
-    if unstable:
-        warnings.append(f"{len(unstable)} of {len(records)} measurements kept an IQR above "
-                        f"{SPREAD_WARN:.0%} of their median within the time budget: treat them as rough "
-                        f"(" + ", ".join(f"{r['impl']} {r['device']} {r['model']} b={r.get('batch_size')} "
-                                        f"{r['phase']}" for r in unstable[:4])
-                        + (", ..." if len(unstable) > 4 else "") + ")")
+    warnings += _unstable_warning(records)
     for w in warnings:
         log(f"warning: {w}")
     return {"environment": env, "records": records, "skipped": skipped, "warnings": warnings}
 
 
+def measure(dev, model_name, batch, dtype="float32", torch=None, count_ops=False, log=print, **timing):
+    """The records of one model at one batch size on one device, and what was skipped.
+
+    A training step and an inference pass of dualnet, each timed interleaved with PyTorch's
+    twin when ``torch`` (the module) is given; ``timing`` goes to
+    :func:`dualnet.timing.time_interleaved` (``steps``, ``warmup``, ``time_budget``).
+
+    Returns
+    -------
+    records : list of dict   one per (implementation, phase), the keys of ``SCHEMA_KEYS`` and more
+    skipped : list of dict   ``{"impl", "device", "model", "reason", ...}``
+    """
+    cap = HOST_MAX_BATCH.get(model_name)
+    if cap and batch > cap and dev.is_host:
+        reason = (f"{model_name} at batch {batch} on {dev.spec} would take minutes per measurement; "
+                  f"benched on the host up to batch {cap}")
+        log(f"skipped {model_name} b={batch} on {dev.spec}: {reason}")
+        return [], [{"impl": "dualnet", "device": dev.spec, "model": model_name, "batch_size": batch,
+                     "reason": reason}]
+    ours, skipped = dualnet_contenders(dev, model_name, batch, dtype), []
+    theirs = None
+    if torch is not None:
+        try:
+            theirs = torch_contenders(torch, dev, model_name, batch, dtype)
+        except Exception as e:  # e.g. a CPU-only torch build asked for CUDA
+            skipped.append({"impl": "torch", "device": dev.spec, "model": model_name, "reason": str(e)})
+            log(f"skipped torch on {dev.spec}: {e}")
+    ops = ops_per_step(dev, model_name, batch, dtype) if count_ops else {}
+    base = {"device": dev.spec, "device_name": dev.name, "dtype": dtype, "model": model_name, "batch_size": batch}
+    records = []
+    for phase in ("train", "infer"):
+        contenders, peaks = _phase_contenders(dev, ours, theirs, phase, (model_name, batch, dtype))
+        with dev.bind():
+            times = time_interleaved(contenders, **timing)
+        for impl, ts in times.items():
+            r = {**base, "impl": impl, "phase": phase, "peak_mem_bytes": peaks[impl],
+                 "peak_mem_method": _peak_method(impl, dev), **summarize(ts, batch)}
+            if impl == "dualnet" and phase in ops:
+                r["ops_per_step"] = ops[phase]
+            records.append(r)
+            log(_line(r))
+    return records, skipped
+
+
+def _phase_contenders(dev, ours, theirs, phase, what):
+    """``({impl: (timer_factory, fn)}, {impl: peak bytes})`` of one phase; ``what`` is
+    (model, batch, dtype), for PyTorch's CPU peak measured in a fresh process."""
+    contenders = {"dualnet": (dev.timer, ours[phase])}
+    peaks = {"dualnet": dev.peak_memory(ours[phase])}
+    if theirs is not None:
+        fns, timer_factory, peak = theirs
+        contenders["torch"] = (timer_factory, fns[phase])
+        peaks["torch"] = peak(fns[phase])
+        if peaks["torch"] is None and dev.is_host:
+            peaks["torch"] = torch_cpu_peak(*what, phase)
+    return contenders, peaks
+
+
+def _busy_warning(env):
+    """A warning when the machine was already busy (load average above half its cores)."""
+    load, cores = env.get("load_avg_1min"), env.get("cpu_count") or 1
+    if load is not None and load > 0.5 * cores:
+        return [f"the machine was busy when the bench started (load average {load:.1f} on "
+                f"{cores} cores): timings may be slow and noisy"]
+    return []
+
+
+def _unstable_warning(records):
+    """A warning naming the measurements whose spread stayed above ``SPREAD_WARN``."""
+    unstable = [r for r in records if r.get("unstable")]
+    if not unstable:
+        return []
+    names = ", ".join(f"{r['impl']} {r['device']} {r['model']} b={r.get('batch_size')} {r['phase']}"
+                      for r in unstable[:4])
+    return [f"{len(unstable)} of {len(records)} measurements kept an IQR above {SPREAD_WARN:.0%} of "
+            f"their median within the time budget: treat them as rough ({names}"
+            + (", ..." if len(unstable) > 4 else "") + ")"]
+
+
+# --------------------------------------------------------------------------- rows, tables and the figure
 def _peak_method(impl, dev):
     """How ``peak_mem_bytes`` was measured: every measure is the peak of one call above what was
     allocated before it."""
@@ -552,87 +504,101 @@ def run_distributed_bench(comm, models, batch_sizes, dtype="float32", steps=20, 
     (job / (K * baseline)) and ``allreduce_ms_median`` (the all-reduce alone: device
     synchronized and ranks met at a barrier before it, so waiting for a slower rank is not in it).
     """
-    from .optimizers import Adam
-    from .training import train_step
-    dev, K = comm.device, comm.size
     env = environment()
     records = []
     for m in models:
         for B in batch_sizes:
-            lo, hi = comm.shard(B)
-            n = hi - lo
-            if n == 0:
+            rec = _distributed_measure(comm, m, B, dtype, steps, warmup)
+            if rec is None:
                 if comm.is_root:
-                    log(f"  skipped {m} b={B}: fewer samples than the {K} ranks")
+                    log(f"  skipped {m} b={B}: fewer samples than the {comm.size} ranks")
                 continue
-            model, shape = make_model(m, dev, dtype)
-            opt = Adam(1e-3)
-            comm.sync_state(model, opt)
-            rng = np.random.default_rng(0)
-            xh, th = rng.random((B,) + shape), rng.integers(0, 10, B)
-            x, t = dev.asarray(xh[lo:hi], dtype), dev.asarray(th[lo:hi])
-            ar_ms = []
-
-            def reduce(flat, w=n / B):
-                dev.synchronize()
-                comm.barrier("waiting for the other ranks' gradients")  # time the transfer, not the skew
-                t0 = time.perf_counter()
-                out = comm.allreduce_mean(flat, w)
-                dev.synchronize()
-                ar_ms.append((time.perf_counter() - t0) * 1e3)
-                return out
-
-            comm.barrier("starting the bench")
-            times = []
-            with dev.bind():
-                for i in range(warmup + steps):
-                    tm = dev.timer()
-                    tm.start()
-                    train_step(model, opt, x, t, reduce=reduce)
-                    ms = tm.stop()
-                    if i >= warmup:
-                        times.append(ms)
-            step_med = float(np.median(times))
-            ar_med = float(np.median(ar_ms[warmup:]))
-            per_rank = comm.allgather_host([n, step_med, ar_med])
-            # the baseline: rank 0 alone at the global batch, the others asleep; on the host with
-            # every core for BLAS and with one thread (what each rank has), the faster counts
-            base = [0.0, 0.0]
-            if comm.is_root:
-                base_model, _ = make_model(m, dev, dtype)
-                base_opt = Adam(1e-3)
-                xb, tb = dev.asarray(xh, dtype), dev.asarray(th)
-                with dev.bind():
-                    with _all_host_threads(dev):
-                        bt = time_steps(dev.timer, lambda: train_step(base_model, base_opt, xb, tb), steps, warmup)
-                    base[0] = float(np.median(bt))
-                    if dev.is_host and (getattr(comm, "threads", None) or 0) < (os.cpu_count() or 1):
-                        bt = time_steps(dev.timer, lambda: train_step(base_model, base_opt, xb, tb), steps, warmup)
-                        base[1] = float(np.median(bt))
-            comm.idle_barrier("waiting for rank 0's one-process baseline")
-            base_all, base_one = comm.allreduce_host(base, "max")
-            base_ms = min(v for v in (base_all, base_one) if v > 0)
-            slowest = max(r[1] for r in per_rank)
-            job_ips = B / slowest * 1e3
-            base_ips = B / base_ms * 1e3
-            rec = {"impl": "dualnet", "device": dev.spec, "device_name": dev.name, "model": m, "batch_size": B,
-                   "dtype": dtype, "phase": "train", "ranks": K, "reduce": comm.reduce_backend,
-                   "per_rank": [{"rank": r, "samples": int(v[0]), "step_ms_median": v[1],
-                                 "images_per_s": v[0] / v[1] * 1e3, "allreduce_ms_median": v[2]}
-                                for r, v in enumerate(per_rank)],
-                   "step_ms_median": slowest, "images_per_s": job_ips, "baseline_step_ms_median": base_ms,
-                   "baseline_step_ms_all_threads": base_all, "baseline_step_ms_rank_threads": base_one or None,
-                   "threads_per_rank": getattr(comm, "threads", None),
-                   "baseline_images_per_s": base_ips, "speedup": job_ips / base_ips,
-                   "scaling_efficiency": job_ips / (K * base_ips),
-                   "allreduce_ms_median": max(r[2] for r in per_rank),
-                   "allreduce_bytes": sum(int(p.size) for p in model.params.values()) *
-                   (8 if dtype == "float64" else 4), "steps": steps}
             records.append(rec)
             if comm.is_root:
                 log(_distributed_line(rec))
-    return {"environment": env, "distributed": {"ranks": K, "reduce": comm.reduce_backend,
+    return {"environment": env, "distributed": {"ranks": comm.size, "reduce": comm.reduce_backend,
                                                 "hosts": comm.describe()}, "records": records}
+
+
+def _distributed_measure(comm, m, B, dtype, steps, warmup):
+    """The record of model ``m`` at global batch ``B`` (None when a rank has no sample): every
+    rank's median step and all-reduce, gathered, and rank 0's one-process baseline."""
+    from .optimizers import Adam
+    lo, hi = comm.shard(B)
+    if hi == lo:
+        return None
+    dev = comm.device
+    model, _ = make_model(m, dev, dtype)
+    opt = Adam(1e-3)
+    comm.sync_state(model, opt)
+    xh, th = bench_batch(m, B)
+    step_ms, allreduce_ms = _rank_times(comm, model, opt, dev.asarray(xh[lo:hi], dtype), dev.asarray(th[lo:hi]),
+                                        (hi - lo) / B, steps, warmup)
+    per_rank = comm.allgather_host([hi - lo, step_ms, allreduce_ms])
+    base = _one_process_baseline(comm, m, dtype, xh, th, steps, warmup) if comm.is_root else [0.0, 0.0]
+    comm.idle_barrier("waiting for rank 0's one-process baseline")
+    base_all, base_one = comm.allreduce_host(base, "max")
+    return _distributed_record(comm, model, m, B, dtype, steps, per_rank, base_all, base_one)
+
+
+def _rank_times(comm, model, opt, x, t, weight, steps, warmup):
+    """This rank's median training step and median all-reduce in ms, over exactly ``steps`` steps
+    after ``warmup`` (every rank joins every all-reduce, so no rank may add rounds)."""
+    from .training import train_step
+    dev, allreduce_ms = comm.device, []
+
+    def reduce(flat):
+        dev.synchronize()
+        comm.barrier("waiting for the other ranks' gradients")  # time the transfer, not the skew
+        timer = dev.timer()
+        timer.start()
+        out = comm.allreduce_mean(flat, weight)
+        allreduce_ms.append(timer.stop())
+        return out
+
+    comm.barrier("starting the bench")
+    with dev.bind():
+        times = time_steps(dev.timer, lambda: train_step(model, opt, x, t, reduce=reduce), steps, warmup,
+                           max_steps=steps)
+    return float(np.median(times)), float(np.median(allreduce_ms[warmup:]))
+
+
+def _one_process_baseline(comm, m, dtype, xh, th, steps, warmup):
+    """Rank 0 alone at the global batch, the others asleep: [ms with every core for BLAS, ms with
+    the threads one rank has (0.0 when that is every core, or off the host)]."""
+    from .optimizers import Adam
+    from .training import train_step
+    dev = comm.device
+    model, opt = make_model(m, dev, dtype)[0], Adam(1e-3)
+    x, t = dev.asarray(xh, dtype), dev.asarray(th)
+    base = [0.0, 0.0]
+    with dev.bind():
+        with _all_host_threads(dev):
+            base[0] = float(np.median(time_steps(dev.timer, lambda: train_step(model, opt, x, t), steps, warmup)))
+        if dev.is_host and (getattr(comm, "threads", None) or 0) < (os.cpu_count() or 1):
+            base[1] = float(np.median(time_steps(dev.timer, lambda: train_step(model, opt, x, t), steps, warmup)))
+    return base
+
+
+def _distributed_record(comm, model, m, B, dtype, steps, per_rank, base_all, base_one):
+    """One row of ``bench-distributed.json`` from the gathered per-rank times and the baselines."""
+    dev, K = comm.device, comm.size
+    base_ms = min(v for v in (base_all, base_one) if v > 0)
+    slowest = max(r[1] for r in per_rank)
+    job_ips, base_ips = B / slowest * 1e3, B / base_ms * 1e3
+    return {"impl": "dualnet", "device": dev.spec, "device_name": dev.name, "model": m, "batch_size": B,
+            "dtype": dtype, "phase": "train", "ranks": K, "reduce": comm.reduce_backend,
+            "per_rank": [{"rank": r, "samples": int(v[0]), "step_ms_median": v[1],
+                          "images_per_s": v[0] / v[1] * 1e3, "allreduce_ms_median": v[2]}
+                         for r, v in enumerate(per_rank)],
+            "step_ms_median": slowest, "images_per_s": job_ips, "baseline_step_ms_median": base_ms,
+            "baseline_step_ms_all_threads": base_all, "baseline_step_ms_rank_threads": base_one or None,
+            "threads_per_rank": getattr(comm, "threads", None),
+            "baseline_images_per_s": base_ips, "speedup": job_ips / base_ips,
+            "scaling_efficiency": job_ips / (K * base_ips),
+            "allreduce_ms_median": max(r[2] for r in per_rank),
+            "allreduce_bytes": sum(int(p.size) for p in model.params.values()) * (8 if dtype == "float64" else 4),
+            "steps": steps}
 
 
 class _all_host_threads:

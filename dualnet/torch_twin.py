@@ -46,8 +46,9 @@ def _module(torch, layer, shape):
     simple = {"ReLU": nn.ReLU, "Sigmoid": nn.Sigmoid, "Tanh": nn.Tanh, "Flatten": nn.Flatten}
     if name in simple:
         return simple[name]()
-    if name == "Affine":
-        return nn.Linear(layer.in_features, layer.out_features)
+    if name == "Affine":  # dualnet's Affine flattens (C, H, W) samples itself; torch's Linear does not
+        linear = nn.Linear(layer.in_features, layer.out_features)
+        return linear if len(shape) == 1 else nn.Sequential(nn.Flatten(), linear)
     if name == "Convolution":
         return nn.Conv2d(layer.C, layer.FN, (layer.FH, layer.FW), layer.stride, layer.pad)
     if name == "MaxPooling" and getattr(layer, "same", False):
@@ -74,6 +75,7 @@ def _copy(torch, device, layer, mod):
             for k, v in {**layer.params, **layer.buffers}.items()}
     name = type(layer).__name__
     if name == "Affine":
+        mod = mod[-1] if isinstance(mod, torch.nn.Sequential) else mod   # after its Flatten
         mod.weight.copy_(host["W"].T)
         mod.bias.copy_(host["b"])
     elif name == "Convolution":

@@ -1,6 +1,7 @@
 """The bench harness itself (no timed assertions): schema, skip reasons, synchronized timing."""
 import json
 
+import numpy as np
 import pytest
 
 from dualnet import bench
@@ -141,3 +142,47 @@ def test_unusable_out_is_refused_before_benchmarking(tmp_path, capsys, monkeypat
     assert main(["bench", "--devices", "cpu", "--models", "mlp", "--out", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def _twin(model_name, dropout=None):
+    """A bench model in float64 on the CPU (its dropout ratio set to ``dropout`` when given) and
+    the PyTorch twin derived from its layers, with its weights."""
+    torch = pytest.importorskip("torch")
+    from dualnet.backend import get_device
+    from dualnet.torch_twin import torch_twin
+    net, _ = bench.make_model(model_name, get_device("cpu"), "float64")
+    if dropout is not None:
+        for layer in net.layers:
+            if type(layer).__name__ == "Dropout":
+                layer.ratio = dropout
+    return torch, net, torch_twin(torch, net, copy_weights=True)
+
+
+@pytest.mark.parametrize("model_name", bench.BENCH_MODELS)
+def test_torch_twin_of_every_bench_model_computes_what_it_computes(model_name):
+    """The twin the bench times PyTorch with is the same network: equal scores on the bench's batch."""
+    torch, net, twin = _twin(model_name)
+    x, _ = bench.bench_batch(model_name, 2)
+    want = net.predict(x, train=False)
+    got = twin.eval()(torch.from_numpy(x)).detach().numpy()
+    assert got.shape == want.shape == (2, bench.num_classes(model_name))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10 * max(1.0, float(np.max(np.abs(want)))))
+
+
+@pytest.mark.parametrize("model_name", ["simple_convnet", "deep_convnet", "mlp"])
+def test_torch_twin_of_every_bench_model_has_its_gradients(model_name):
+    """The twin's loss gradients are dualnet's (dropout off in both, so the masks do not differ)."""
+    torch, net, twin = _twin(model_name, dropout=0.0)
+    x, t = bench.bench_batch(model_name, 3)
+    loss = net.loss(x, t, train=True)
+    net.backward()
+    tl = torch.nn.functional.cross_entropy(twin.train()(torch.from_numpy(x)), torch.from_numpy(t))
+    tl.backward()
+    assert tl.item() == pytest.approx(float(loss), rel=1e-12)
+    pairs = [(layer, mod[-1] if isinstance(mod, torch.nn.Sequential) else mod)
+             for layer, mod in zip(net.layers, twin) if layer.params]
+    assert pairs
+    for layer, mod in pairs:
+        dW = mod.weight.grad.numpy()
+        np.testing.assert_allclose(dW.T if dW.ndim == 2 else dW, layer.grads["W"], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(mod.bias.grad.numpy(), layer.grads["b"], rtol=1e-9, atol=1e-12)
