@@ -18,10 +18,11 @@ import numpy as np
 from .backend import cuda_status, get_device, tune_allocator, versions
 from .errors import DeviceError
 from .io import write_json
-from .timing import SPREAD_WARN, summarize, time_interleaved, time_steps
+from .timing import SPREAD_WARN, summarize, time_interleaved, time_stages, time_steps
 
 __all__ = ["BENCH_MODELS", "SCHEMA_KEYS", "run_bench", "measure", "table", "write_result", "plot",
-           "run_distributed_bench", "distributed_table", "time_interleaved", "time_steps", "summarize"]
+           "run_distributed_bench", "distributed_table", "time_interleaved", "time_stages", "time_steps",
+           "summarize"]
 
 BENCH_MODELS = ("simple_convnet", "deep_convnet", "mlp", "alexnet")
 # The largest batch a model is benched at on the host (the CPU): AlexNet at 227x227 takes seconds

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 
 def _parse():
@@ -60,6 +59,7 @@ import numpy as np  # noqa: E402  (after the thread variables)
 from dualnet import conv, functions as F  # noqa: E402
 from dualnet.conv import ConvGeometry  # noqa: E402
 from dualnet.backend import CountingDevice, get_device, tune_allocator  # noqa: E402
+from dualnet.timing import time_stages  # noqa: E402
 
 
 # --------------------------------------------------------------------------- the layers
@@ -92,19 +92,11 @@ def _stats(ms):
 
 
 def interleaved(contenders, reps, warmup):
-    """Time each contender's (forward, backward) pair, interleaved; returns name -> stats."""
-    times = {k: ([], []) for k in contenders}
-    for r in range(warmup + reps):
-        for k, (fwd, bwd) in contenders.items():
-            t0 = time.perf_counter()
-            state = fwd()
-            t1 = time.perf_counter()
-            bwd(state)
-            t2 = time.perf_counter()
-            if r >= warmup:
-                times[k][0].append((t1 - t0) * 1e3)
-                times[k][1].append((t2 - t1) * 1e3)
-    return {k: {"forward": _stats(f), "backward": _stats(b)} for k, (f, b) in times.items()}
+    """Time each contender's (forward, backward) pair, interleaved, with the timer the bench uses
+    (:func:`dualnet.timing.time_stages`, the CPU's device timer); returns name -> stats."""
+    timer = get_device("cpu").timer
+    t = time_stages({k: (timer, pair) for k, pair in contenders.items()}, reps, warmup, max_steps=reps)
+    return {k: {"forward": _stats(f), "backward": _stats(b)} for k, (f, b) in t.items()}
 
 
 def _torch():

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 
 def _parse():
@@ -48,7 +47,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402  (after the thread variables)
 
 from dualnet import conv as F  # noqa: E402
+from dualnet.backend import get_device  # noqa: E402
 from dualnet.conv import winograd as wg  # noqa: E402
+from dualnet.timing import time_stages  # noqa: E402
 
 
 def layers(N):
@@ -100,18 +101,11 @@ def check(cs):
 
 
 def interleaved(cs, reps, warmup):
-    times = {k: ([], [], []) for k in cs}
-    for rep in range(warmup + reps):
-        for k, (fwd, bwd) in cs.items():
-            t0 = time.perf_counter()
-            s = fwd()
-            t1 = time.perf_counter()
-            bwd(s)
-            t2 = time.perf_counter()
-            if rep >= warmup:
-                for lst, v in zip(times[k], (t1 - t0, t2 - t1, t2 - t0)):
-                    lst.append(v * 1e3)
-    return times
+    """name -> (forward ms, backward ms, total ms), one list entry per repetition, from the
+    timer the bench uses (:func:`dualnet.timing.time_stages` with the CPU's device timer)."""
+    timer = get_device("cpu").timer
+    t = time_stages({k: (timer, (fwd, bwd)) for k, (fwd, bwd) in cs.items()}, reps, warmup, max_steps=reps)
+    return {k: (f, b, [x + y for x, y in zip(f, b)]) for k, (f, b) in t.items()}
 
 
 def _fmt(ms):
@@ -160,7 +154,7 @@ def _step_ops(sim, method, batch):
 
 def count(args):
     from dualnet import bench
-    from dualnet.backend import CountingDevice, get_device
+    from dualnet.backend import CountingDevice
     sim = get_device("sim")
     dev, rng = CountingDevice(sim), np.random.default_rng(0)
     print(f"array operations of one forward + backward on {sim.spec}, batch {args.batch}")

@@ -91,6 +91,28 @@ def test_contenders_are_interleaved_and_repeated_until_stable():
     assert bench.summarize(res["b"], 1)["unstable"]
 
 
+def test_stages_are_timed_apart_and_handed_on():
+    """A forward and its backward: each stage has its own timer, the backward gets what the
+    forward returned, and ``max_steps=steps`` times exactly that many rounds even when noisy."""
+    clock = iter([1.0, 4.0, 1.0, 8.0] * 50)
+    seen = []
+
+    class Timer:
+        def start(self):
+            pass
+
+        def stop(self):
+            return next(clock)
+
+    stages = (lambda: "saved", lambda s: seen.append(s))
+    res = bench.time_stages({"conv": (Timer, stages)}, steps=3, warmup=1, max_steps=3)
+    fwd, bwd = res["conv"]
+    assert len(fwd) == len(bwd) == 3 and set(fwd) == {1.0} and set(bwd) == {4.0, 8.0}
+    assert seen == ["saved"] * 4   # the warm-up round too
+    more = bench.time_stages({"conv": (Timer, stages)}, steps=3, warmup=0)  # unstable: up to 3 x 3 rounds
+    assert len(more["conv"][0]) == 9
+
+
 def test_count_ops_meets_the_launch_targets(device):
     """Array operations per Adam training step at batch 100 (kernel launches on a GPU): the
     targets of the GPU-readiness issue, on the path a launch-bound device takes (the simulated
