@@ -298,21 +298,12 @@ def measure(dev, model_name, batch, dtype="float32", torch=None, count_ops=False
     records : list of dict   one per (implementation, phase), the keys of ``SCHEMA_KEYS`` and more
     skipped : list of dict   ``{"impl", "device", "model", "reason", ...}``
     """
-    cap = HOST_MAX_BATCH.get(model_name)
-    if cap and batch > cap and dev.is_host:
-        reason = (f"{model_name} at batch {batch} on {dev.spec} would take minutes per measurement; "
-                  f"benched on the host up to batch {cap}")
-        log(f"skipped {model_name} b={batch} on {dev.spec}: {reason}")
-        return [], [{"impl": "dualnet", "device": dev.spec, "model": model_name, "batch_size": batch,
-                     "reason": reason}]
-    ours, skipped = dualnet_contenders(dev, model_name, batch, dtype), []
-    theirs = None
-    if torch is not None:
-        try:
-            theirs = torch_contenders(torch, dev, model_name, batch, dtype)
-        except Exception as e:  # e.g. a CPU-only torch build asked for CUDA
-            skipped.append({"impl": "torch", "device": dev.spec, "model": model_name, "reason": str(e)})
-            log(f"skipped torch on {dev.spec}: {e}")
+    skip = _host_cap(dev, model_name, batch)
+    if skip:
+        log(f"skipped {model_name} b={batch} on {dev.spec}: {skip['reason']}")
+        return [], [skip]
+    ours = dualnet_contenders(dev, model_name, batch, dtype)
+    theirs, skipped = _torch_side(torch, dev, model_name, batch, dtype, log)
     ops = ops_per_step(dev, model_name, batch, dtype) if count_ops else {}
     base = {"device": dev.spec, "device_name": dev.name, "dtype": dtype, "model": model_name, "batch_size": batch}
     records = []
@@ -328,6 +319,28 @@ def measure(dev, model_name, batch, dtype="float32", torch=None, count_ops=False
             records.append(r)
             log(_line(r))
     return records, skipped
+
+
+def _host_cap(dev, model_name, batch):
+    """The skip record of a batch too large for the host (``HOST_MAX_BATCH``), or None."""
+    cap = HOST_MAX_BATCH.get(model_name)
+    if not (cap and batch > cap and dev.is_host):
+        return None
+    reason = (f"{model_name} at batch {batch} on {dev.spec} would take minutes per measurement; "
+              f"benched on the host up to batch {cap}")
+    return {"impl": "dualnet", "device": dev.spec, "model": model_name, "batch_size": batch, "reason": reason}
+
+
+def _torch_side(torch, dev, model_name, batch, dtype, log):
+    """PyTorch's contenders (:func:`torch_contenders`), or None and the skip saying why; None and
+    no skip without ``torch``."""
+    if torch is None:
+        return None, []
+    try:
+        return torch_contenders(torch, dev, model_name, batch, dtype), []
+    except Exception as e:  # e.g. a CPU-only torch build asked for CUDA
+        log(f"skipped torch on {dev.spec}: {e}")
+        return None, [{"impl": "torch", "device": dev.spec, "model": model_name, "reason": str(e)}]
 
 
 def _phase_contenders(dev, ours, theirs, phase, what):
