@@ -1,4 +1,4 @@
-"""Issue 11, nothing lost: interruptions, OS faults, concurrent runs, bad data, tampered
+"""Nothing lost: interruptions, OS faults, concurrent runs, bad data, tampered
 checkpoints and API misuse.  Bad inputs are written here in the real formats; interruptions
 are real signals sent to a real ``python -m dualnet train`` process.
 

@@ -1,11 +1,13 @@
 """Size limits of the library's code: no function or method over 60 lines and no module over 700
-lines in dualnet/, outside dualnet/book/ (which keeps the book's module paths and script shapes).
+lines in dualnet/, outside dualnet/book/ (which keeps the book's module paths and script shapes);
+and tests that explain themselves without citing issue numbers, which a reader does not have.
 
 A function's length is ``end_lineno - lineno + 1`` of its ``def`` (docstring and comments
 included, decorators not); a module's is its number of lines.
 """
 import ast
 import pathlib
+import re
 import textwrap
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -96,3 +98,12 @@ def test_no_module_over_700_lines():
     too_long = {f.relative_to(ROOT).as_posix(): n for f in library_files()
                 if (n := len(f.read_text().splitlines())) > MAX_MODULE_LINES}
     assert too_long == {}, f"modules over {MAX_MODULE_LINES} lines: split them by job"
+
+
+def test_no_test_cites_an_issue_number():
+    cites = re.compile(r"\bissues?\s*#?\s*\d+", re.I)
+    # (the samples are built, so that this file does not cite one itself)
+    assert cites.search("as issue %d says" % 11) and cites.search("Issues #%d" % 3) and not cites.search("the issue")
+    offenders = [f"{f.name}:{i}" for f in sorted((ROOT / "tests").glob("*.py"))
+                 for i, line in enumerate(f.read_text().splitlines(), 1) if cites.search(line)]
+    assert offenders == []
