@@ -184,10 +184,8 @@ class Communicator:
     # -- the gradient all-reduce -------------------------------------------------------
     def reduce_hook(self, local_n, global_n):
         """The ``reduce`` argument of :meth:`Optimizer.update` for a step in which this rank
-        trained on ``local_n`` of the ``global_n`` samples; None for a single process."""
-        if self.size == 1:
-            return None
-        w = local_n / global_n
+        trained on ``local_n`` of the ``global_n`` samples (None for a single process)."""
+        w = self.weight(local_n, global_n)
         return lambda flat: self.allreduce_mean(flat, w)
 
     def allreduce_mean(self, flat, weight=None):
@@ -280,11 +278,15 @@ class Communicator:
 
 
 class SelfComm(Communicator):
-    """One process: every collective is the identity, so training code has a single path."""
+    """One process: every collective is the identity, so training code has a single path (its
+    shard is the whole range, its weights 1, its sums the values themselves)."""
 
     def __init__(self, device=None):
         if device is not None:
             self.setup(device)
+
+    def reduce_hook(self, local_n, global_n):
+        return None   # nothing to reduce: the optimizer skips the hook
 
 
 # --------------------------------------------------------------------------- MPI
@@ -430,14 +432,8 @@ class MPIComm(Communicator):
             self._watch.disarm()
 
     def _call(self, what, fn, *args, **kw):
-        self._watch.arm(what)
-        try:
+        with self.guard(what):
             return fn(*args, **kw)
-        except self._MPI.Exception as e:
-            raise RankLost(f"rank {self.rank} of {self.size} ({self.host}): MPI failed while {what}: "
-                           f"{e.Get_error_string()}; another rank has probably died") from None
-        finally:
-            self._watch.disarm()
 
     def abort(self, code=1):
         sys.stdout.flush()
