@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 
 def _parse():
@@ -51,8 +50,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402  (after the thread variables)
 
 from dualnet import functions as F  # noqa: E402
-from dualnet.backend import tune_allocator  # noqa: E402
+from dualnet.backend import get_device, tune_allocator  # noqa: E402
 from dualnet.conv import ConvGeometry, gemm, rows  # noqa: E402
+from dualnet.timing import quartiles, time_interleaved  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -62,18 +62,14 @@ def normal(*shape):
 
 
 def interleaved(contenders, reps, warmup):
-    """{name: (median ms, IQR ms)} of each zero-argument callable, timed in turn."""
-    times = {k: [] for k in contenders}
-    for r in range(warmup + reps):
-        for k, fn in contenders.items():
-            t0 = time.perf_counter()
-            fn()
-            if r >= warmup:
-                times[k].append((time.perf_counter() - t0) * 1e3)
+    """{name: (median ms, IQR ms)} of each zero-argument callable, timed in turn with the timer
+    the bench uses (:func:`dualnet.timing.time_interleaved`, the CPU's device timer)."""
+    timer = get_device("cpu").timer
+    times = time_interleaved({k: (timer, fn) for k, fn in contenders.items()}, reps, warmup, max_steps=reps)
     out = {}
     for k, ms in times.items():
-        q25, q50, q75 = np.percentile(ms, [25, 50, 75])
-        out[k] = (float(q50), float(q75 - q25))
+        q25, q50, q75 = quartiles(ms)
+        out[k] = (q50, q75 - q25)
     return out
 
 
