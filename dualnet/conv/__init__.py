@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ..backend import array_device
 from ..errors import ConfigError
-from . import gemm, im2col, rows, shift, winograd, winograd4
+from . import gemm, im2col, rows, shift, winograd, winograd4, winograd4_rows, winograd_rows
 from .geometry import ConvGeometry
 from .layout import CHWN, NCHW, layout_of
 
@@ -39,7 +39,7 @@ def register(module):
     return module
 
 
-for _m in (im2col, gemm, rows, shift, winograd, winograd4):
+for _m in (im2col, gemm, rows, shift, winograd, winograd4, winograd_rows, winograd4_rows):
     register(_m)
 
 
