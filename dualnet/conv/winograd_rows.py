@@ -43,7 +43,11 @@ __all__ = ["NAME", "LAYOUT", "BLOCK_BYTES", "supports", "forward", "backward", "
 NAME = "winograd_rows"
 LAYOUT = CHWN
 
-BLOCK_BYTES = 2 << 20
+KEEP_V = False
+"""Keep each block's transformed input V for backward (alpha**2 / m**2 times the input's memory:
+4x for F(2x2, 3x3), 2.25x for F(4x4, 3x3)) instead of rebuilding it from the grid."""
+
+BLOCK_BYTES = 8 << 20
 """Intermediate arrays of one block (transformed input, products, output rows), about: small
 enough to stay in a CPU's cache between the transforms and the GEMMs (measured in
 docs/convolution.md)."""
@@ -58,6 +62,7 @@ class WinogradRowsSaved(NamedTuple):
     U: Any
     tile: int
     block: tuple
+    Vs: Any = None       # with KEEP_V: the transformed input of every block, in block order
     method: str = NAME
 
 
@@ -254,7 +259,9 @@ def _output_tiles(p, M, blk, y, tmp):
         if rp <= 0:
             continue
         for q in range(m):
-            cq = (g.OW - q + m - 1) // m
+            cq = (g.OW - q + m - 1) // m                   # tile columns whose column q is inside OW
+            if cq <= 0:
+                continue
             dst = y[:, _every(m * th0 + pp, rp, m), _every(q, cq, m), n0:n0 + nb]
             terms = [(c * k, v[:, :rp, :cq, :]) for c, l in zip(p.AT[q], range(a)) if c != 0
                      for k, v in half[l][pp]]
@@ -287,8 +294,13 @@ def blocked_forward(x, W, b, g, tile):
     y = xp.empty((g.FN, g.OH, g.OW, g.N), dtype=x.dtype, device=dev)
     bias = xp.reshape(b, (g.FN, 1))
     tmp = _scratch(p)
+    Vs = []
     for blk in p.blocks():
+        if KEEP_V:   # a fresh array per block, kept for backward
+            V_buf = p.buffer(p.T, g.C, blk[1], p.nTW, blk[3])
         V = _input_tiles(p, grid, blk, R_buf, V_buf, tmp)
+        if KEEP_V:
+            Vs.append(V)
         M = p.view(M_buf, p.T, g.FN, V.shape[2])
         _matmul(p, U, V, M)
         # column 1 of AT is all ones: every output of a tile reads product (1, 1) with weight 1
@@ -296,7 +308,7 @@ def blocked_forward(x, W, b, g, tile):
         _output_tiles(p, M, blk, y, tmp)
     out = xp.permute_dims(y, (3, 0, 1, 2))
     name = NAME if tile == 2 else NAME.replace("winograd", f"winograd{tile}")
-    return out, WinogradRowsSaved(g, grid, U, tile, p.block, name)
+    return out, WinogradRowsSaved(g, None if KEEP_V else grid, U, tile, p.block, Vs if KEEP_V else None, name)
 
 
 def _output_adjoint(p, Gd, blk, dQ_buf, dM_buf, tmp):
@@ -371,13 +383,13 @@ def backward(dout, saved, W, need_dx=True):
     part = xp.empty((p.T, g.FN, g.C), dtype=dout.dtype, device=dev)
     dx = xp.zeros((g.C, g.H, g.W, g.N), dtype=dout.dtype, device=dev) if need_dx else None
     tmp = _scratch(p)
-    for blk in p.blocks():
+    for i, blk in enumerate(p.blocks()):
         dM = _output_adjoint(p, Gd, blk, dQ_buf, dM_buf, tmp)
-        V = _input_tiles(p, saved.grid, blk, R_buf, V_buf, tmp)
+        V = saved.Vs[i] if saved.Vs is not None else _input_tiles(p, saved.grid, blk, R_buf, V_buf, tmp)
         _matmul(p, dM, xp.matrix_transpose(V), part)                      # (T, FN, C)
         dU += part
         if need_dx:
-            dV = p.view(V_buf, *V.shape)   # V is spent: its buffer takes dV
+            dV = p.view(V_buf, *V.shape)
             _matmul(p, xp.matrix_transpose(saved.U), dM, dV)
             _input_adjoint(p, dV, blk, R_buf, dx, tmp)
     GG = wg._on(dout, wg._kron(p.G, p.G))                                # (T, 9)
