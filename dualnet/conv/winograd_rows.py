@@ -88,7 +88,8 @@ class _Plan:
         self.Hp, self.Wp = tile * self.nTH + 2, tile * self.nTW + 2
         self.xp, self.dtype, self.dev = xp, dtype, dev
         self.fast = dev == "cpu"   # the host's ufuncs write into out=; the array API has no out=
-        self.block = block or self._block(xp.finfo(dtype).bits // 8)
+        rT, nb = block or self._block(xp.finfo(dtype).bits // 8)
+        self.block = (max(1, min(int(rT), self.nTH)), max(1, min(int(nb), g.N)))
 
     def _block(self, itemsize):
         """(rT, nb): tile rows and images per block, about BLOCK_BYTES of intermediates."""
@@ -225,19 +226,36 @@ def _matmul(p, a, b, out):
         out[...] = p.xp.matmul(a, b)
 
 
+def _phased_grid(p, x):
+    """The zero-padded input as (C, Hp, m, Wq, N), Wq = nTW + 1: padded column w = m*wq + ph at
+    [:, :, ph, wq, :], so that each of a tile's alpha column offsets j is one slice
+    [..., j % m, j // m : j // m + nTW, :] whose nTW tiles and N images are one contiguous run.
+    One copy per phase, into zeros."""
+    xp, g, m = p.xp, p.g, p.m
+    src = xp.permute_dims(x, (1, 2, 3, 0))                                 # (C, H, W, N)
+    grid = xp.zeros((g.C, p.Hp, m, p.nTW + 1, g.N), dtype=p.dtype, device=p.dev)
+    for ph in range(m):
+        w0 = g.pad + (ph - g.pad) % m          # the first padded column of phase ph inside the input
+        n = (g.pad + g.W - w0 + m - 1) // m
+        if n > 0:
+            grid[:, g.pad:g.pad + g.H, ph, w0 // m:w0 // m + n, :] = src[:, :, _every(w0 - g.pad, n, m), :]
+    return grid
+
+
 def _input_tiles(p, grid, blk, R_buf, V_buf, tmp):
-    """V = BT d B of the block's tiles: (T, C, rT*nTW*nb), tiles in (tile row, tile column,
-    image) order.  Rows first (alpha combinations over the full padded width), then columns
-    (alpha**2 combinations of stride-m column views), into the reused buffers."""
+    """V = BT d B of the block's tiles of the phased grid (:func:`_phased_grid`):
+    (T, C, rT*nTW*nb), tiles in (tile row, tile column, image) order.  Rows first (alpha
+    combinations of whole padded rows), then columns (alpha**2 combinations of the column
+    offsets' slices), into the reused buffers."""
     th0, rT, n0, nb = blk
-    m, a, C, nTW, Wp = p.m, p.alpha, p.g.C, p.nTW, p.Wp
+    m, a, C, nTW = p.m, p.alpha, p.g.C, p.nTW
     imgs = slice(n0, n0 + nb)
-    rows = [[(1.0, grid[:, _every(m * th0 + i, rT, m), :, imgs])] for i in range(a)]   # (C, rT, Wp, nb)
-    R = p.view(R_buf, a, C, rT, Wp, nb)
-    half = _stage(p, p.BT, rows, lambda k: (R[k, ...], tmp((C, rT, Wp, nb))))
+    rows = [[(1.0, grid[:, _every(m * th0 + i, rT, m), :, :, imgs])] for i in range(a)]   # (C, rT, m, Wq, nb)
+    R = p.view(R_buf, a, C, rT, m, nTW + 1, nb)
+    half = _stage(p, p.BT, rows, lambda k: (R[k, ...], tmp((C, rT, m, nTW + 1, nb))))
     V = p.view(V_buf, p.T, C, rT, nTW, nb)
     for k in range(a):
-        cols = [[(c, v[:, :, _every(j, nTW, m), :]) for c, v in half[k]] for j in range(a)]
+        cols = [[(c, v[:, :, j % m, j // m:j // m + nTW, :]) for c, v in half[k]] for j in range(a)]
         _stage(p, p.BT, cols, lambda l: (V[k * a + l, ...], tmp((C, rT, nTW, nb))), lazy=False)
     return p.xp.reshape(V, (p.T, C, rT * nTW * nb))
 
@@ -268,7 +286,7 @@ def _output_tiles(p, M, blk, y, tmp):
             _combine(p, dst, terms, tmp=tmp((FN, rp, cq, nb)))
 
 
-def blocked_forward(x, W, b, g, tile):
+def blocked_forward(x, W, b, g, tile, block=None):
     """3x3 stride-1 convolution by Winograd F(tile x tile, 3 x 3), a block of tiles at a time.
 
     Parameters
@@ -278,6 +296,8 @@ def blocked_forward(x, W, b, g, tile):
     b : array, shape (FN,)
     g : ConvGeometry   3x3, stride 1, any pad
     tile : {2, 4}
+    block : (tile rows, images) or None
+        Tiles per block; None sizes it to about :data:`BLOCK_BYTES` (backward uses the same).
 
     Returns
     -------
@@ -285,11 +305,11 @@ def blocked_forward(x, W, b, g, tile):
     saved : WinogradRowsSaved
     """
     xp, dev = namespace(x), array_device(x)
-    p = _Plan(g, tile, x.dtype, dev, xp)
-    grid = _framed(xp.permute_dims(x, (1, 2, 3, 0)), (g.C, p.Hp, p.Wp, g.N), g.pad, g.pad)
+    p = _Plan(g, tile, x.dtype, dev, xp, block)
+    grid = _phased_grid(p, x)
     U = wg._filter_transform(W, p.G)                                     # (T, FN, C)
     rT, nb = p.block
-    R_buf, V_buf = p.buffer(p.alpha, g.C, rT, p.Wp, nb), p.buffer(p.T, g.C, rT, p.nTW, nb)
+    R_buf, V_buf = p.buffer(p.alpha, g.C, rT, p.m, p.nTW + 1, nb), p.buffer(p.T, g.C, rT, p.nTW, nb)
     M_buf, p.Q_buf = p.buffer(p.T, g.FN, rT, p.nTW, nb), p.buffer(p.m, p.alpha, g.FN, rT, p.nTW, nb)
     y = xp.empty((g.FN, g.OH, g.OW, g.N), dtype=x.dtype, device=dev)
     bias = xp.reshape(b, (g.FN, 1))
@@ -377,7 +397,8 @@ def backward(dout, saved, W, need_dx=True):
         Gd = _framed(Gd, (g.FN, p.m * p.nTH, p.m * p.nTW, g.N), 0, 0)
     rT, nb = p.block
     per = (rT, p.nTW, nb)
-    R_buf, V_buf = p.buffer(p.alpha, g.C, rT, p.Wp, nb), p.buffer(p.T, g.C, *per)
+    R_buf = p.buffer(p.alpha, g.C, rT, max(p.Wp, p.m * (p.nTW + 1)), nb)   # R (phased), then dR
+    V_buf = p.buffer(p.T, g.C, *per)
     dQ_buf, dM_buf = p.buffer(p.m, p.alpha, g.FN, *per), p.buffer(p.T, g.FN, *per)
     dU = xp.zeros((p.T, g.FN, g.C), dtype=dout.dtype, device=dev)
     part = xp.empty((p.T, g.FN, g.C), dtype=dout.dtype, device=dev)
