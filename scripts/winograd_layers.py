@@ -38,6 +38,9 @@ def _parse():
     p.add_argument("--count", action="store_true", help="count array operations instead of timing")
     p.add_argument("--methods", nargs="*", default=None,
                    help="contenders beside rows (default all: winograd2 winograd4 winograd_rows winograd4_rows)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time with this thread's CPU time (time.thread_time) instead of the wall clock: "
+                        "on a shared machine it leaves out the time other processes hold the core")
     p.add_argument("--block-bytes", type=int, default=None,
                    help="dualnet.conv.winograd_rows.BLOCK_BYTES for the blocked variants (default: the module's)")
     return p.parse_args()
@@ -118,14 +121,15 @@ def check(cs):
 
 
 def interleaved(cs, reps, warmup):
+    clock = time.thread_time if ARGS is not None and ARGS.cpu_time else time.perf_counter
     times = {k: ([], [], []) for k in cs}
     for rep in range(warmup + reps):
         for k, (fwd, bwd) in cs.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             s = fwd()
-            t1 = time.perf_counter()
+            t1 = clock()
             bwd(s)
-            t2 = time.perf_counter()
+            t2 = clock()
             if rep >= warmup:
                 for lst, v in zip(times[k], (t1 - t0, t2 - t1, t2 - t0)):
                     lst.append(v * 1e3)
@@ -195,7 +199,7 @@ def main(args):
         return count(args)
     rng = np.random.default_rng(0)
     print(f"batch {args.batch}, float32, {args.threads} thread(s), {args.reps} reps after {args.warmup} "
-          f"warm-up, interleaved; ms median ±IQR: forward / backward / total; speed = rows total / total")
+          f"warm-up, interleaved, {'CPU time' if args.cpu_time else 'wall clock'}; ms median ±IQR: forward / backward / total; speed = rows total / total")
     grand = {}
     for name, xs, ws, pad, need_dx in layers(args.batch):
         if args.only and not any(s in name for s in args.only):
