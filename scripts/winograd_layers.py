@@ -1,5 +1,6 @@
 """Forward + backward times of DeepConvNet's six 3x3 convolutions: Winograd F(2x2, 3x3) and
-F(4x4, 3x3) (``dualnet.winograd``) against the ``rows`` method (the CPU's choice today).
+F(4x4, 3x3) batched over the whole batch (``winograd2``, ``winograd4``: dualnet.conv.winograd) and
+a block of tiles at a time (``winograd_rows``, ``winograd4_rows``) against the ``rows`` method.
 
 Fashion-MNIST shapes (1x28x28 input, so the layers run at 28x28, 14x14 (the 4th with pad 2)
 and 8x8), batch 100 by default, float32, on the CPU with BLAS pinned to ``--threads`` (1 by
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 
 def _parse():
@@ -34,6 +36,13 @@ def _parse():
     p.add_argument("--warmup", type=int, default=2, help="untimed repetitions first (default 2)")
     p.add_argument("--only", nargs="*", default=None, help="layers whose name contains one of these")
     p.add_argument("--count", action="store_true", help="count array operations instead of timing")
+    p.add_argument("--methods", nargs="*", default=None,
+                   help="contenders beside rows (default all: winograd2 winograd4 winograd_rows winograd4_rows)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time with this thread's CPU time (time.thread_time) instead of the wall clock: "
+                        "on a shared machine it leaves out the time other processes hold the core")
+    p.add_argument("--block-bytes", type=int, default=None,
+                   help="dualnet.conv.winograd_rows.BLOCK_BYTES for the blocked variants (default: the module's)")
     return p.parse_args()
 
 
@@ -49,7 +58,12 @@ import numpy as np  # noqa: E402  (after the thread variables)
 from dualnet import conv as F  # noqa: E402
 from dualnet.backend import get_device  # noqa: E402
 from dualnet.conv import winograd as wg  # noqa: E402
+from dualnet.conv import winograd_rows as wr  # noqa: E402
 from dualnet.timing import time_stages  # noqa: E402
+
+METHODS = ARGS.methods if ARGS is not None else None
+if ARGS is not None and ARGS.block_bytes:
+    wr.BLOCK_BYTES = ARGS.block_bytes
 
 
 def layers(N):
@@ -73,9 +87,12 @@ def contenders(x, W, b, pad, need_dx, rng):
     OH, OW = x.shape[2] + 2 * pad - 2, x.shape[3] + 2 * pad - 2
     r = rng.standard_normal((x.shape[0], W.shape[0], OH, OW)).astype(x.dtype)
     out = {}
+    # "rows" and the blocked Winograd read a batch-innermost input, as the layers of a network of
+    # them hand it on (dualnet.conv.layout); the batched Winograd reads C order
+    xc = np.transpose(np.ascontiguousarray(np.transpose(x, (1, 2, 3, 0))), (3, 0, 1, 2))
 
     def rows():
-        o, ctx = F.conv2d(x, W, b, 1, pad, method="rows")
+        o, ctx = F.conv2d(xc, W, b, 1, pad, method="rows")
         return _dout_like(o, r), ctx
     out["rows"] = (rows, lambda s: F.conv2d_backward(s[0], s[1], W, need_dx))
     for tile in wg.TILES:
@@ -83,7 +100,12 @@ def contenders(x, W, b, pad, need_dx, rng):
             o, saved = wg.winograd_forward(x, W, b, pad, tile)
             return _dout_like(o, r), saved
         out[f"winograd{tile}"] = (fwd, lambda s: wg.backward(s[0], s[1], W, need_dx))
-    return out
+    for method in ("winograd_rows", "winograd4_rows"):   # the blocked variants, via the registry
+        def blocked(method=method):
+            o, saved = F.conv2d(xc, W, b, 1, pad, method=method)
+            return _dout_like(o, r), saved
+        out[method] = (blocked, lambda s: F.conv2d_backward(s[0], s[1], W, need_dx))
+    return {k: v for k, v in out.items() if k == "rows" or not METHODS or k in METHODS}
 
 
 def check(cs):
@@ -102,10 +124,21 @@ def check(cs):
 
 def interleaved(cs, reps, warmup):
     """name -> (forward ms, backward ms, total ms), one list entry per repetition, from the
-    timer the bench uses (:func:`dualnet.timing.time_stages` with the CPU's device timer)."""
-    timer = get_device("cpu").timer
+    timer the bench uses (:func:`dualnet.timing.time_stages` with the CPU's device timer), or,
+    with --cpu-time, from this thread's CPU time (steadier when other processes share the cores)."""
+    timer = _ThreadTimer if ARGS is not None and ARGS.cpu_time else get_device("cpu").timer
     t = time_stages({k: (timer, (fwd, bwd)) for k, (fwd, bwd) in cs.items()}, reps, warmup, max_steps=reps)
     return {k: (f, b, [x + y for x, y in zip(f, b)]) for k, (f, b) in t.items()}
+
+
+class _ThreadTimer:
+    """The device-timer interface over ``time.thread_time`` (NumPy work is synchronous)."""
+
+    def start(self):
+        self._t0 = time.thread_time()
+
+    def stop(self):
+        return (time.thread_time() - self._t0) * 1e3
 
 
 def _fmt(ms):
@@ -171,7 +204,7 @@ def main(args):
         return count(args)
     rng = np.random.default_rng(0)
     print(f"batch {args.batch}, float32, {args.threads} thread(s), {args.reps} reps after {args.warmup} "
-          f"warm-up, interleaved; ms median ±IQR: forward / backward / total; speed = rows total / total")
+          f"warm-up, interleaved, {'CPU time' if args.cpu_time else 'wall clock'}; ms median ±IQR: forward / backward / total; speed = rows total / total")
     grand = {}
     for name, xs, ws, pad, need_dx in layers(args.batch):
         if args.only and not any(s in name for s in args.only):

@@ -5,7 +5,7 @@ import pytest
 
 from dualnet import conv as F
 from dualnet.conv import winograd as wg
-from dualnet.backend import CountingDevice
+from dualnet.backend import CountingDevice, get_device
 from dualnet.errors import ConfigError, ShapeError
 from dualnet.gradcheck import numerical_gradient, rel_error
 
@@ -217,3 +217,110 @@ def test_a_network_trains_the_same_through_the_registered_method(device, method)
     for k, g in out[0][1].items():   # relative to the gradient's scale: entries near 0 carry rounding
         assert np.max(np.abs(out[1][1][k] - g)) <= 1e-10 * np.max(np.abs(g)), k
     assert sum(isinstance(l, dn.layers.Convolution) and l.saved.method == method for l in nets[1].layers) == 6
+
+
+# --- the blocked variants ("winograd_rows", "winograd4_rows"): a block of tiles at a time ---
+
+from dualnet.conv import winograd_rows as wr  # noqa: E402
+
+BLOCKED = {2: "winograd_rows", 4: "winograd4_rows"}
+
+# (N, C, H, W, FN, pad, chunk): chunks of images that cut the batch (N not a multiple of the
+# chunk, a last chunk of 1), one image per chunk, one chunk for all; pads 0 and 1 (and 2), odd
+# and even sizes (tiles cut by the border), a 1x1 output (a single tile cut on both sides)
+BLOCK_CASES = [
+    (5, 2, 7, 9, 3, 0, 2),          # output 5x7; 5 images in chunks of 2
+    (3, 3, 9, 8, 4, 1, 3),          # output 9x8; one chunk
+    (4, 2, 6, 7, 2, 1, 3),          # output 6x7; a last chunk of 1 image
+    (2, 1, 5, 5, 3, 0, 1),          # one input channel, one image per chunk
+    (3, 2, 8, 6, 2, 2, 2),          # pad 2: output 10x8
+    (2, 2, 3, 3, 2, 0, 1),          # output 1x1
+    (3, 2, 7, 7, 3, 1, None),       # the default chunk (all images at these sizes)
+]
+BLOCK_IDS = ["N{}_C{}_{}x{}_FN{}_p{}_chunk{}".format(*c) for c in BLOCK_CASES]
+
+
+def _blocked(device, x, Wt, b, dout, pad, tile, block, dtype="float64", need_dx=True):
+    a = [device.asarray(v, dtype) for v in (x, Wt, b, dout)]
+    g = F.ConvGeometry.of(x.shape, Wt.shape, 1, pad)
+    out, saved = wr.blocked_forward(a[0], a[1], a[2], g, tile, block)
+    grads = wr.backward(a[3], saved, a[1], need_dx)
+    return [None if v is None else device.to_numpy(v).astype(np.float64) for v in (out, *grads)]
+
+
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("case", BLOCK_CASES, ids=BLOCK_IDS)
+def test_blocked_float64_values_and_gradients_equal_the_direct_convolution(device, rng, case, tile):
+    """out, dx, dW, db against im2col to 1e-10 of the largest value, whatever the chunks cut."""
+    N, C, H, W, FN, pad, block = case
+    x, Wt, b = _case(rng, N, C, H, W, FN)
+    dout = rng.standard_normal((N, FN, H + 2 * pad - 2, W + 2 * pad - 2))
+    want = _direct(device, x, Wt, b, dout, pad)
+    got = _blocked(device, x, Wt, b, dout, pad, tile, block)
+    for name, g, r in zip(("out", "dx", "dW", "db"), got, want):
+        assert g.shape == r.shape, name
+        assert _rel(g, r) < 1e-10, (name, _rel(g, r))
+
+
+@pytest.mark.parametrize("tile", TILES)
+def test_blocked_results_do_not_depend_on_the_block(rng, tile):
+    """Every chunk size computes each tile with the same transforms: the results agree to
+    float64 rounding (the GEMMs' and dW's sums over chunks may associate differently)."""
+    cpu = get_device("cpu")
+    x, Wt, b = _case(rng, 5, 3, 9, 7, 4)
+    dout = rng.standard_normal((5, 4, 9, 7))
+    ref = _blocked(cpu, x, Wt, b, dout, 1, tile, 5)   # one chunk
+    for block in (1, 2, 3):
+        got = _blocked(cpu, x, Wt, b, dout, 1, tile, block)
+        for name, g, r in zip(("out", "dx", "dW", "db"), got, ref):
+            assert _rel(g, r) < 1e-13, (block, name, _rel(g, r))
+
+
+@pytest.mark.parametrize("tile", TILES)
+def test_blocked_path_through_the_registry_declares_its_layout(rng, monkeypatch, tile):
+    """Selected by name, with a block budget small enough to cut the batch into many chunks:
+    out and dx are batch-innermost (CHWN, the LAYOUT declared), from an input in either order,
+    and need_dx=False skips dx."""
+    monkeypatch.setattr(wr, "BLOCK_BYTES", 4096)
+    x, Wt, b = _case(rng, 6, 4, 10, 9, 5)
+    method = BLOCKED[tile]
+    assert F.METHODS[method].LAYOUT == F.CHWN
+    dout = rng.standard_normal((6, 5, 10, 9))
+    want = [v for v in _direct_cpu(x, Wt, b, dout, 1)]
+    for xin in (x, np.transpose(np.ascontiguousarray(np.transpose(x, (1, 2, 3, 0))), (3, 0, 1, 2))):
+        out, saved = F.conv2d(xin, Wt, b, 1, 1, method=method)
+        assert saved.method == method and saved.chunk < 6   # the budget did cut the batch
+        d = np.empty_like(out)
+        d[...] = dout
+        dx, dW, db = F.conv2d_backward(d, saved, Wt)
+        assert F.layout_of(out) == F.layout_of(dx) == F.CHWN
+        for name, g, r in zip(("out", "dx", "dW", "db"), (out, dx, dW, db), want):
+            assert _rel(g, r) < 1e-10, (name, _rel(g, r))
+        assert F.conv2d_backward(d, saved, Wt, need_dx=False)[0] is None
+
+
+def _direct_cpu(x, Wt, b, dout, pad):
+    out, ctx = F.conv2d(x, Wt, b, 1, pad, method="im2col")
+    return [out, *F.conv2d_backward(dout, ctx, Wt)]
+
+
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("case", [(4, 16, 14, 14, 16, 1), (2, 32, 8, 8, 32, 2), (3, 64, 6, 6, 8, 1)],
+                         ids=["C16_14x14_p1", "C32_8x8_p2", "C64_6x6_p1"])
+def test_blocked_float32_error_against_float64_has_the_batched_bound(device, case, tile):
+    """The blocked order of work changes no transform: the float32 bounds of the batched method
+    (F32_BOUND) hold, in chunks that cut the batch."""
+    N, C, H, W, FN, pad = case
+    rng = np.random.default_rng(11)
+    x, Wt, b = _case(rng, N, C, H, W, FN)
+    Wt *= np.sqrt(2.0 / (9 * C))
+    b *= 0.1
+    dout = rng.standard_normal((N, FN, H + 2 * pad - 2, W + 2 * pad - 2))
+    want = _direct(device, x, Wt, b, dout, pad)
+    direct32 = _direct(device, x, Wt, b, dout, pad, "float32")
+    got = _blocked(device, x, Wt, b, dout, pad, tile, N - 1, "float32")
+    for name, g, r, d in zip(("out", "dx", "dW"), got, want, direct32):
+        err, err_direct = _rel(g, r), _rel(d, r)
+        assert 0 < err < F32_BOUND[tile], (name, err, err_direct)
+        if tile == 2:
+            assert err < 4 * err_direct, (name, err, err_direct)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ..backend import array_device
 from ..errors import ConfigError
-from . import gemm, im2col, rows, shift, winograd, winograd4
+from . import gemm, im2col, rows, shift, winograd, winograd4, winograd4_rows, winograd_rows
 from .geometry import ConvGeometry
 from .layout import CHWN, NCHW, layout_of
 
@@ -39,7 +39,7 @@ def register(module):
     return module
 
 
-for _m in (im2col, gemm, rows, shift, winograd, winograd4):
+for _m in (im2col, gemm, rows, shift, winograd, winograd4, winograd_rows, winograd4_rows):
     register(_m)
 
 
@@ -76,6 +76,10 @@ def choose(g, host=True):
         return "im2col" if g.C < 8 else "gemm"
     if g.C < 8 and g.taps > 9:
         return "im2col"
+    if winograd4_rows.supports(g) and g.C >= 16 and g.OH % 4 == 0 and g.OW % 4 == 0:
+        # 3x3 with channels to fill the GEMMs and an output of whole 4x4 tiles: F(4x4, 3x3) a
+        # row of tiles at a time beats "rows" at one thread (a cut border tile wastes its work)
+        return "winograd4_rows"
     return "rows"
 
 

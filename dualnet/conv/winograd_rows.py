@@ -1,0 +1,340 @@
+"""``"winograd_rows"``: Winograd F(2x2, 3x3) for a CPU's caches, one row of tiles at a time.
+
+The algorithm and its adjoint are :mod:`.winograd`'s (Lavin & Gray 2016); what differs is the
+order of the work.  :mod:`.winograd` transforms the whole batch at once, so that a GPU launches
+a fixed, small number of kernels; on a CPU each of its transforms is then a sweep of memory
+(the transformed input of a 16->16 layer at 28x28, batch 100, is 20 MB in float32).  Here the
+batch is cut into chunks of images (all of it unless one row of tiles would exceed
+:data:`BLOCK_BYTES`) and the work done one row of tiles of a chunk at a time, so that the
+input transform, the alpha**2 products and the output transform of a block stay in cache:
+
+- the input is padded into a batch-innermost grid in *column phases*, (C, Hp, m, nTW + 1, nb):
+  padded column w = m*wq + ph sits at [:, :, ph, wq, :].  A tile row's alpha input rows are
+  then one slice, and each tile column offset j one slice [..., j % m, j // m + tw, :] whose
+  tiles and images are a single contiguous run;
+- input:    V = BT d B as small GEMMs against those slices: the row side one batched matmul
+  (alpha, alpha) @ (C, alpha, rows), the column side two per row of BT d (the offsets j < m
+  and j >= m are two evenly strided slices), written into buffers reused by every block;
+- products: M = U @ V, one batched matmul (T, FN, C) @ (T, C, tiles*nb), the bias added to the
+  one product every output reads with weight 1 (column 1 of AT is all ones);
+- output:   Y = AT M A as two matmuls, copied into the (FN, OH, OW, N) result (m*m strided
+  copies), returned as an (N, FN, OH, OW) view (``LAYOUT`` = CHWN, :mod:`dualnet.conv.layout`):
+  no transpose before or after, in a network of "rows"-ordered layers.
+
+Small GEMMs with the transform matrices replace elementwise combinations: a BLAS kernel reads
+each input once for all alpha outputs (measured: 2-3x faster than one ufunc per term here).
+Backward rebuilds V per block from the kept grid (no memory beyond the grid; keeping V, 4x the
+input for F(2x2, 3x3), saved ~6% in an earlier elementwise version of the transforms and
+was not re-measured), and per block computes dM = A dY AT, dU += dM @ V^T (dW, the Winograd
+correlation) and dV = U^T @ dM, whose adjoint input transform is added into a phased gradient
+grid, copied into dx once per chunk.  Registered as ``"winograd_rows"`` (F(2x2, 3x3)) and
+``"winograd4_rows"`` (F(4x4, 3x3), :mod:`.winograd4_rows`); where ``auto`` takes them on the
+host: docs/convolution.md.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..backend import array_device, namespace
+from . import winograd as wg
+from .geometry import ConvGeometry
+from .layout import CHWN
+
+__all__ = ["NAME", "LAYOUT", "BLOCK_BYTES", "supports", "forward", "backward", "blocked_forward",
+           "WinogradRowsSaved"]
+
+NAME = "winograd_rows"
+LAYOUT = CHWN
+
+BLOCK_BYTES = 8 << 20
+"""Intermediate arrays of one block (one row of tiles of a chunk of images), at most about:
+the batch is cut into chunks when one row of tiles of all of it would take more (measured in
+docs/convolution.md: cutting a batch of 100 shortens the contiguous runs, which costs more
+than the cache misses it saves)."""
+
+
+class WinogradRowsSaved(NamedTuple):
+    """What :func:`backward` needs: the geometry, the phased input grid of every chunk of
+    images (:func:`_phased_grids`), the transformed filters U (T, FN, C), the tile m and the
+    images per chunk."""
+    g: ConvGeometry
+    grids: Any
+    U: Any
+    tile: int
+    chunk: int
+    method: str = NAME
+
+
+def supports(g):
+    """3x3 filters at stride 1, any pad (as :mod:`.winograd`)."""
+    return wg.fits(g.FH, g.FW, g.stride)
+
+
+def forward(x, W, b, g):
+    """F(2x2, 3x3) on geometry ``g`` (see :func:`blocked_forward`)."""
+    return blocked_forward(x, W, b, g, 2)
+
+
+class _Plan:
+    """The constants of one layer: tile m, alpha = m + 2, T = alpha**2, the transforms as
+    arrays on the device, tile counts, the phased grid's shape, images per chunk, and whether
+    results may be written with ``out=`` (the host; the array API has no ``out=``)."""
+
+    def __init__(self, g, tile, x, chunk=None):
+        xp, dev = namespace(x), array_device(x)
+        self.g, self.m, self.alpha = g, tile, tile + 2
+        self.T = self.alpha ** 2
+        self.xp, self.dtype, self.dev = xp, x.dtype, dev
+        self.fast = dev == "cpu"
+        BT, self.G, AT = wg.transforms(tile)
+        on = lambda a: xp.asarray(a, dtype=x.dtype, device=dev)   # noqa: E731
+        self.BT, self.AT = on(BT), on(AT)                          # (alpha, alpha), (m, alpha)
+        self.B, self.A = on(_transposed(BT)), on(_transposed(AT))   # their transposes
+        # the column side: offsets j < m of tile tw are phases 0..m-1 at wq = tw, j >= m are
+        # phases 0..1 at wq = tw + 1 -- two evenly strided slices, two GEMMs
+        self.BT0, self.BT1 = on([r[:tile] for r in BT]), on([r[tile:] for r in BT])
+        self.B0, self.B1 = on(_transposed([r[:tile] for r in BT])), on(_transposed([r[tile:] for r in BT]))
+        self.nTH, self.nTW = wg._tiles(g.OH, g.OW, tile)
+        self.Hp, self.Wq = tile * self.nTH + 2, self.nTW + 1
+        self.chunk = max(1, min(int(chunk), g.N)) if chunk else self._chunk(xp.finfo(x.dtype).bits // 8)
+
+    def _chunk(self, itemsize):
+        """Images per chunk: one row of tiles of them about BLOCK_BYTES of intermediates (the
+        row-transformed input, V, M and the half-transformed output)."""
+        g, a, m = self.g, self.alpha, self.m
+        per_image = itemsize * (a * m * self.Wq * g.C + self.nTW * (self.T * (g.C + g.FN) + m * a * g.FN))
+        return max(1, min(g.N, BLOCK_BYTES // per_image))
+
+    def chunks(self):
+        """(n0, nb) of every chunk of images."""
+        return [(n0, min(self.chunk, self.g.N - n0)) for n0 in range(0, self.g.N, self.chunk)]
+
+    def empty(self, *shape):
+        return self.xp.empty(shape, dtype=self.dtype, device=self.dev)
+
+    def buffers(self, nb, **shapes):
+        """Flat buffers for the largest chunk, by name -> shape-maker(nb); :meth:`view` cuts a
+        chunk's contiguous array out of one."""
+        out = {}
+        for name, shape in shapes.items():
+            n = 1
+            for s in shape(nb):
+                n *= s
+            out[name] = self.xp.empty((n,), dtype=self.dtype, device=self.dev)
+        return out
+
+    def view(self, buf, *shape):
+        n = 1
+        for s in shape:
+            n *= s
+        return self.xp.reshape(buf[:n], shape)
+
+
+def _transposed(mat):
+    return [list(col) for col in zip(*mat)]
+
+
+def _every(start, count, step):
+    """The slice of ``count`` indices start, start + step, ... (count >= 1)."""
+    return slice(start, start + step * (count - 1) + 1, step)
+
+
+def _mm(p, a, b, out):
+    """out = a @ b (batched, broadcasting), written into ``out`` on the host."""
+    if p.fast:
+        p.xp.matmul(a, b, out=out)
+    else:
+        out[...] = p.xp.matmul(a, b)
+
+
+def _phased_grids(p, x):
+    """The zero-padded input of every chunk as (C, Hp, m, Wq, nb): padded column w = m*wq + ph
+    at [:, :, ph, wq, :].  One copy per phase and chunk, into zeros."""
+    xp, g, m = p.xp, p.g, p.m
+    src = xp.permute_dims(x, (1, 2, 3, 0))                                 # (C, H, W, N)
+    grids = []
+    for n0, nb in p.chunks():
+        grid = xp.zeros((g.C, p.Hp, m, p.Wq, nb), dtype=p.dtype, device=p.dev)
+        for ph in range(m):
+            w0 = g.pad + (ph - g.pad) % m      # the first padded column of phase ph inside the input
+            n = (g.pad + g.W - w0 + m - 1) // m
+            if n > 0:
+                grid[:, g.pad:g.pad + g.H, ph, w0 // m:w0 // m + n, :] = src[:, :, _every(w0 - g.pad, n, m), n0:n0 + nb]
+        grids.append(grid)
+    return grids
+
+
+def _input_tiles(p, grid, th, bufs):
+    """V = BT d B of tile row ``th`` of one chunk's phased grid: (T, C, nTW*nb), tiles in
+    (tile column, image) order."""
+    xp, C, a, m, nTW = p.xp, p.g.C, p.alpha, p.m, p.nTW
+    nb = grid.shape[4]
+    L1, L = m * p.Wq * nb, nTW * nb
+    R = p.view(bufs["R"], C, a, L1)
+    _mm(p, p.BT, xp.reshape(grid[:, m * th:m * th + a, ...], (C, a, L1)), R)   # rows: (C, k, ph*wq*n)
+    R5 = xp.reshape(R, (C, a, m, p.Wq, nb))
+    V = p.view(bufs["V"], p.T, C, L)
+    tmp = p.view(bufs["tmp"], C, a, L)
+    for k in range(a):
+        Vk = xp.permute_dims(V[k * a:(k + 1) * a, ...], (1, 0, 2))           # (C, l, L), a view
+        _mm(p, p.BT0, xp.reshape(R5[:, k, :, 0:nTW, :], (C, m, L)), Vk)          # offsets j < m
+        _mm(p, p.BT1, xp.reshape(R5[:, k, 0:a - m, 1:nTW + 1, :], (C, a - m, L)), tmp)   # j >= m
+        Vk += tmp
+    return V
+
+
+def _output_tiles(p, M, th, n0, nb, y, bufs):
+    """Y = AT M A of tile row ``th``'s products M (T, FN, nTW*nb), copied into y (FN, OH, OW,
+    N); output rows and columns past OH, OW (tiles cut by the border) are not copied."""
+    xp, g, a, m, nTW = p.xp, p.g, p.alpha, p.m, p.nTW
+    L = nTW * nb
+    Q = p.view(bufs["Q"], m, a * g.FN * L)
+    _mm(p, p.AT, xp.reshape(M, (a, a * g.FN * L)), Q)                        # (pp, l*FN*L)
+    Y = p.view(bufs["Y"], m, m, g.FN * L)
+    _mm(p, p.AT, xp.reshape(Q, (m, a, g.FN * L)), Y)                         # (pp, q, FN*L)
+    Y5 = xp.reshape(Y, (m, m, g.FN, nTW, nb))
+    for pp in range(m):
+        if m * th + pp >= g.OH:
+            continue
+        for q in range(m):
+            cq = (g.OW - q + m - 1) // m                  # tile columns whose column q is inside OW
+            if cq > 0:
+                y[:, m * th + pp, _every(q, cq, m), n0:n0 + nb] = Y5[pp, q, :, :cq, :]
+
+
+def _shapes(p, nb):
+    """Per-block buffer shapes of the forward (R, V, tmp, M, Q, Y) for a chunk of nb images."""
+    g, a, m, L = p.g, p.alpha, p.m, p.nTW * nb
+    return dict(R=lambda n: (g.C, a, m * p.Wq * n), V=lambda n: (p.T, g.C, p.nTW * n),
+                tmp=lambda n: (g.C, a, p.nTW * n), M=lambda n: (p.T, g.FN, p.nTW * n),
+                Q=lambda n: (m, a * g.FN * p.nTW * n), Y=lambda n: (m, m, g.FN * p.nTW * n))
+
+
+def blocked_forward(x, W, b, g, tile, chunk=None):
+    """3x3 stride-1 convolution by Winograd F(tile x tile, 3 x 3), a row of tiles at a time.
+
+    Parameters
+    ----------
+    x : array, shape (N, C, H, W), any memory order (CHWN is read without a transpose)
+    W : array, shape (FN, C, 3, 3)
+    b : array, shape (FN,)
+    g : ConvGeometry   3x3, stride 1, any pad
+    tile : {2, 4}
+    chunk : int or None
+        Images per chunk; None sizes it by :data:`BLOCK_BYTES` (backward uses the same).
+
+    Returns
+    -------
+    out : array (N, FN, OH, OW), the batch-innermost view of a C-ordered (FN, OH, OW, N) array
+    saved : WinogradRowsSaved
+    """
+    xp = namespace(x)
+    p = _Plan(g, tile, x, chunk)
+    grids = _phased_grids(p, x)
+    U = wg._filter_transform(W, p.G)                                     # (T, FN, C)
+    bufs = p.buffers(p.chunk, **_shapes(p, p.chunk))
+    y = p.empty(g.FN, g.OH, g.OW, g.N)
+    bias = xp.reshape(b, (g.FN, 1))
+    for (n0, nb), grid in zip(p.chunks(), grids):
+        for th in range(p.nTH):
+            V = _input_tiles(p, grid, th, bufs)
+            M = p.view(bufs["M"], p.T, g.FN, p.nTW * nb)
+            _mm(p, U, V, M)
+            # column 1 of AT is all ones: every output of a tile reads product (1, 1) with weight 1
+            M[p.alpha + 1, ...] += bias
+            _output_tiles(p, M, th, n0, nb, y, bufs)
+    name = NAME if tile == 2 else NAME.replace("winograd", f"winograd{tile}")
+    return xp.permute_dims(y, (3, 0, 1, 2)), WinogradRowsSaved(g, grids, U, tile, p.chunk, name)
+
+
+def _output_adjoint(p, Gd, th, n0, nb, bufs):
+    """dM = A dY AT of tile row ``th`` of Gd (FN, m*nTH, m*nTW, N), the output gradient on whole
+    tiles: (T, FN, nTW*nb), the adjoint of :func:`_output_tiles`."""
+    xp, g, a, m, nTW = p.xp, p.g, p.alpha, p.m, p.nTW
+    L = nTW * nb
+    dY = p.view(bufs["Y"], m, m, g.FN, nTW, nb)
+    for pp in range(m):
+        for q in range(m):
+            dY[pp, q, ...] = Gd[:, m * th + pp, _every(q, nTW, m), n0:n0 + nb]
+    dQ = p.view(bufs["Q"], m, a, g.FN * L)
+    _mm(p, p.A, xp.reshape(dY, (m, m, g.FN * L)), dQ)                        # (pp, l, FN*L)
+    dM = p.view(bufs["M"], p.T, g.FN, L)
+    _mm(p, p.A, xp.reshape(dQ, (m, a * g.FN * L)), xp.reshape(dM, (a, a * g.FN * L)))   # (k, l*FN*L)
+    return dM
+
+
+def _input_adjoint(p, dV, th, dgrid, bufs):
+    """Add the adjoint of :func:`_input_tiles` of dV (T, C, nTW*nb) into tile row ``th`` of
+    the chunk's phased gradient grid dgrid (C, Hp, m, Wq, nb)."""
+    xp, C, a, m, nTW = p.xp, p.g.C, p.alpha, p.m, p.nTW
+    nb = dgrid.shape[4]
+    L1, L = m * p.Wq * nb, nTW * nb
+    dR = p.view(bufs["R"], C, a, m, p.Wq, nb)
+    t0, t1 = p.view(bufs["tmp"], C, m, L), p.view(bufs["tmp2"], C, a - m, L)
+    for k in range(a):
+        dVk = xp.permute_dims(dV[k * a:(k + 1) * a, ...], (1, 0, 2))          # (C, l, L)
+        _mm(p, p.B0, dVk, t0)                                                # offsets j < m
+        _mm(p, p.B1, dVk, t1)                                                # offsets j >= m
+        dR[:, k, :, 0:nTW, :] = xp.reshape(t0, (C, m, nTW, nb))
+        dR[:, k, :, nTW, :] = 0
+        dR[:, k, 0:a - m, 1:nTW + 1, :] += xp.reshape(t1, (C, a - m, nTW, nb))
+    rows = p.view(bufs["rows"], C, a, L1)
+    _mm(p, p.B, xp.reshape(dR, (C, a, L1)), rows)
+    dgrid[:, m * th:m * th + a, ...] += xp.reshape(rows, (C, a, m, p.Wq, nb))
+
+
+def _unphase(p, dgrid, n0, dx):
+    """dx[..., n0:n0 + nb] (C, H, W, N) = the input part of the phased gradient grid."""
+    g, m = p.g, p.m
+    for ph in range(m):
+        w0 = g.pad + (ph - g.pad) % m
+        n = (g.pad + g.W - w0 + m - 1) // m
+        if n > 0:
+            dx[:, :, _every(w0 - g.pad, n, m), n0:n0 + dgrid.shape[4]] = dgrid[:, g.pad:g.pad + g.H, ph, w0 // m:w0 // m + n, :]
+
+
+def backward(dout, saved, W, need_dx=True):
+    """Gradients of :func:`blocked_forward`, a row of tiles at a time (V rebuilt from the grid).
+
+    Parameters
+    ----------
+    dout : array, shape (N, FN, OH, OW); batch-innermost (as the layers above hand back the
+        gradient of a CHWN output) is read without a copy when OH and OW are whole tiles
+    saved : WinogradRowsSaved
+    W : array, shape (FN, C, 3, 3)
+    need_dx : bool   False skips dx
+
+    Returns
+    -------
+    dx : array (N, C, H, W), batch-innermost, or None;  dW : (FN, C, 3, 3);  db : (FN,)
+    """
+    xp, g = namespace(dout), saved.g
+    p = _Plan(g, saved.tile, dout, saved.chunk)
+    Gd = xp.permute_dims(dout, (1, 2, 3, 0))                              # (FN, OH, OW, N)
+    db = xp.sum(Gd, axis=(1, 2, 3))
+    if g.OH % p.m or g.OW % p.m:   # whole tiles: the cut outputs get zero gradient
+        full = xp.zeros((g.FN, p.m * p.nTH, p.m * p.nTW, g.N), dtype=p.dtype, device=p.dev)
+        full[:, :g.OH, :g.OW, :] = Gd
+        Gd = full
+    shapes = _shapes(p, p.chunk)
+    shapes.update(tmp2=lambda n: (g.C, p.alpha - p.m, p.nTW * n), rows=shapes["R"],
+                  tmp=lambda n: (g.C, p.alpha, p.nTW * n))
+    bufs = p.buffers(p.chunk, **shapes)
+    dU, part = xp.zeros((p.T, g.FN, g.C), dtype=p.dtype, device=p.dev), p.empty(p.T, g.FN, g.C)
+    dx = p.empty(g.C, g.H, g.W, g.N) if need_dx else None
+    for (n0, nb), grid in zip(p.chunks(), saved.grids):
+        dgrid = xp.zeros(tuple(grid.shape), dtype=p.dtype, device=p.dev) if need_dx else None
+        for th in range(p.nTH):
+            dM = _output_adjoint(p, Gd, th, n0, nb, bufs)
+            V = _input_tiles(p, grid, th, bufs)
+            _mm(p, dM, xp.matrix_transpose(V), part)                      # (T, FN, C)
+            dU += part
+            if need_dx:
+                dV = p.view(bufs["V"], *V.shape)   # V is spent: its buffer takes dV
+                _mm(p, xp.matrix_transpose(saved.U), dM, dV)
+                _input_adjoint(p, dV, th, dgrid, bufs)
+        if need_dx:
+            _unphase(p, dgrid, n0, dx)
+    GG = wg._on(dout, wg._kron(p.G, p.G))                                # (T, 9)
+    dW = xp.reshape(xp.matmul(xp.matrix_transpose(xp.reshape(dU, (p.T, g.FN * g.C))), GG), g.W_shape)
+    return (None if dx is None else xp.permute_dims(dx, (3, 0, 1, 2))), dW, db
