@@ -317,13 +317,9 @@ def cmd_evaluate(args):
 def cmd_gradcheck(args):
     from .backend import get_device
     from .gradcheck import check_model
-    from .models import build_model
+    from .models import MODELS, build_model
     dev = get_device(args.device)
-    small = {"simple_convnet": dict(filter_num=4, hidden_size=10, weight_init=0.3),
-             "deep_convnet": dict(dropout=0.3), "mlp": dict(hidden_sizes=[12, 12], use_batchnorm=True),
-             "two_layer_net": dict(hidden_size=10, weight_init=0.3),
-             "alexnet": dict(widths=[3, 4, 4, 4, 3], hidden_size=6, dropout=0.3, resize=139)}[args.model]
-    shape = (1, 28, 28) if args.model == "deep_convnet" else (1, 10, 10)
+    shape, small = MODELS[args.model].gradcheck_build  # a small version, as the model declares it
     model = build_model(args.model, shape, 10, device=dev, dtype="float64", seed=args.seed,
                         weight_decay=0.01, **small)
     import numpy as np

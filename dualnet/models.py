@@ -74,6 +74,8 @@ class Sequential:
 
     name = None  # the model's name in MODELS, recorded in checkpoints
     run_options = ()  # the run settings of RUN_OPTIONS this model takes
+    # (sample shape, constructor keywords) of a small version for `dualnet gradcheck`
+    gradcheck_build = ((1, 10, 10), {})
 
     def __init__(self, layers, input_shape, loss=None, device="cpu", dtype="float32", seed=0,
                  weight_init=None, weight_decay=0.0, regularization="l2"):
@@ -428,6 +430,7 @@ class TwoLayerNet(Sequential):
     """Affine - ReLU - Affine - softmax (CS231n's two-layer net; the book's ch. 5 version)."""
 
     name = "two_layer_net"
+    gradcheck_build = ((1, 10, 10), dict(hidden_size=10, weight_init=0.3))
 
     def __init__(self, input_size=784, hidden_size=50, output_size=10, weight_init=0.01,
                  input_shape=None, **common):
@@ -445,6 +448,7 @@ class MultiLayerNet(Sequential):
 
     name = "mlp"
     run_options = ("dropout", "batchnorm")
+    gradcheck_build = ((1, 10, 10), dict(hidden_sizes=[12, 12], use_batchnorm=True))
 
     def __init__(self, input_size=784, hidden_sizes=(100, 100, 100, 100), output_size=10,
                  activation="relu", weight_init=None, use_batchnorm=False, dropout=0.0,
@@ -481,6 +485,7 @@ class SimpleConvNet(Sequential):
 
     name = "simple_convnet"
     run_options = ("batchnorm", "conv")
+    gradcheck_build = ((1, 10, 10), dict(filter_num=4, hidden_size=10, weight_init=0.3))
 
     @classmethod
     def run_kwargs(cls, options, sample_shape):
@@ -513,6 +518,7 @@ class DeepConvNet(Sequential):
 
     name = "deep_convnet"
     run_options = ("dropout", "conv")
+    gradcheck_build = ((1, 28, 28), dict(dropout=0.3))
 
     def __init__(self, input_dim=(1, 28, 28), output_size=10, hidden_size=50, dropout=0.5,
                  weight_init="he", conv_method=None, **common):
@@ -563,6 +569,7 @@ class AlexNet(Sequential):
 
     name = "alexnet"
     run_options = ("dropout", "conv", "image_size")
+    gradcheck_build = ((1, 10, 10), dict(widths=[3, 4, 4, 4, 3], hidden_size=6, dropout=0.3, resize=139))
     WIDTHS = (48, 128, 192, 192, 128)
 
     @classmethod
