@@ -104,6 +104,16 @@ def _check_doc(c, doc):
     if doc.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {c.path} has format {_short(doc.get('format'))}, expected {FORMAT!r}")
     model = c.obj(doc.get("model"), "the model configuration ('model')")
+    _check_layer_specs(c, model)
+    _check_model_settings(c, model)
+    _check_meta(c, c.obj(doc.get("meta", {}), "'meta'"))
+    if doc.get("optimizer") is not None:
+        _check_optimizer_state(c, c.obj(doc["optimizer"], "the optimizer state"))
+
+
+def _check_layer_specs(c, model):
+    """Every layer's spec and the loss's: a known type, and only numbers (or sizes, or the words
+    of ``_SPEC_WORDS``) in range -- a model is rebuilt from them before any array is read."""
     layers = model.get("layers")
     if not isinstance(layers, list) or not layers:
         raise c.fail(f"the model configuration has no list of layers (layers: {_short(layers)})")
@@ -122,6 +132,11 @@ def _check_doc(c, doc):
                     c.int(e, f"{what} ({spec['type']}) {k}")
                 elif _is_num(e):
                     c.num(e, f"{what} ({spec['type']}) {k}")
+
+
+def _check_model_settings(c, model):
+    """The model configuration besides its layers: input shape, dtype, seed, regularization,
+    weight init and the named model's keyword arguments."""
     shape = model.get("input_shape")
     if not isinstance(shape, list) or not shape:
         raise c.fail(f"input_shape is {_short(shape)}, expected a list of sizes")
@@ -141,7 +156,9 @@ def _check_doc(c, doc):
     if model.get("model_kwargs") is not None:
         c.obj(model["model_kwargs"], "model_kwargs")
 
-    meta = c.obj(doc.get("meta", {}), "'meta'")
+
+def _check_meta(c, meta):
+    """Training metadata: position counters, the run's config, history, and a partial epoch."""
     for k in ("epoch", "epoch_step", "step"):
         if k in meta:
             c.int(meta[k], f"meta {k}", 0, 2 ** 63)
@@ -161,22 +178,22 @@ def _check_doc(c, doc):
             c.int(meta["partial"].get(k, 0), f"meta partial {k}", 0, 2 ** 63)
         c.num(meta["partial"].get("elapsed_s", 0.0), "meta partial elapsed_s")
 
-    opt = doc.get("optimizer")
-    if opt is not None:
-        c.obj(opt, "the optimizer state")
-        from .optimizers import OPTIMIZERS
-        known = {cls.__name__: cls for cls in OPTIMIZERS.values()}
-        if opt.get("type") not in known:
-            raise c.fail(f"the optimizer type is {_short(opt.get('type'))}; known: {', '.join(known)}")
-        c.int(opt.get("t"), "the optimizer step count t", 0, 2 ** 63)
-        from .optimizers import hyper_problem
-        for h in known[opt["type"]].hyper:
-            if h not in opt:
-                raise c.fail(f"the optimizer state has no {h!r}")
-            c.num(opt[h], f"the optimizer's {h}")
-            why = hyper_problem(h, opt[h])
-            if why:
-                raise c.fail(f"its {opt['type']} optimizer cannot train with these settings: {why}")
+
+def _check_optimizer_state(c, opt):
+    """The optimizer's scalars: a known type, its step count, and every hyperparameter it needs,
+    each one it can train with."""
+    from .optimizers import OPTIMIZERS, hyper_problem
+    known = {cls.__name__: cls for cls in OPTIMIZERS.values()}
+    if opt.get("type") not in known:
+        raise c.fail(f"the optimizer type is {_short(opt.get('type'))}; known: {', '.join(known)}")
+    c.int(opt.get("t"), "the optimizer step count t", 0, 2 ** 63)
+    for h in known[opt["type"]].hyper:
+        if h not in opt:
+            raise c.fail(f"the optimizer state has no {h!r}")
+        c.num(opt[h], f"the optimizer's {h}")
+        why = hyper_problem(h, opt[h])
+        if why:
+            raise c.fail(f"its {opt['type']} optimizer cannot train with these settings: {why}")
 
 
 def _expected_arrays(spec):

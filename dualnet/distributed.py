@@ -19,8 +19,9 @@ How a step is shared
 Where the all-reduce runs
     On a CUDA device, on the GPU through NCCL (the device's :meth:`~dualnet.backend.Device.
     collectives`; MPI only hands NCCL its unique id), queued on the stream with no host wait.
-    On the CPU (and the simulated device), from host memory through MPI's ``Allreduce`` (on
-    the CPU the host array is the gradient buffer itself: no copy).  A CUDA-aware MPI could
+    On the CPU (and the simulated device), from host memory through MPI's ``Allreduce``, by an
+    object with NCCL's interface (on the CPU the host array is the gradient buffer itself: no
+    copy), so :class:`MPIComm` has one path for both.  A CUDA-aware MPI could
     take the CuPy buffer directly (mpi4py passes device pointers through
     ``__cuda_array_interface__``), which would drop NCCL and the unique-id exchange but
     make the reduce a host-blocking call; dualnet does not rely on one.
@@ -170,6 +171,11 @@ class Communicator:
         """This rank's contiguous part ``(start, stop)`` of ``n`` items (sizes differ by <= 1)."""
         return n * self.rank // self.size, n * (self.rank + 1) // self.size
 
+    def weight(self, local_n, global_n):
+        """This rank's share of a batch of ``global_n`` samples of which it holds ``local_n``: its
+        weight in the batch's mean (1 for a single process)."""
+        return local_n / global_n
+
     def rank_seed(self, seed):
         """A per-rank seed (dropout masks): ``seed`` itself on rank 0, so one process draws
         what a single-process run draws."""
@@ -178,10 +184,8 @@ class Communicator:
     # -- the gradient all-reduce -------------------------------------------------------
     def reduce_hook(self, local_n, global_n):
         """The ``reduce`` argument of :meth:`Optimizer.update` for a step in which this rank
-        trained on ``local_n`` of the ``global_n`` samples; None for a single process."""
-        if self.size == 1:
-            return None
-        w = local_n / global_n
+        trained on ``local_n`` of the ``global_n`` samples (None for a single process)."""
+        w = self.weight(local_n, global_n)
         return lambda flat: self.allreduce_mean(flat, w)
 
     def allreduce_mean(self, flat, weight=None):
@@ -204,8 +208,14 @@ class Communicator:
 
     def count(self, model, x, t, batch_size=1000):
         """Correct predictions of ``model`` on device arrays ``x``, ``t``: each rank counts its
-        shard, the counts are summed over the ranks (an int, the same on every rank)."""
-        return int(model.device.to_numpy(model.count_correct(x, t, batch_size)))
+        shard, the counts are summed over the ranks (an int, the same on every rank; one process
+        counts them all)."""
+        lo, hi = self.shard(x.shape[0])
+        c = 0
+        if hi > lo:
+            with self.guard("counting correct predictions"):
+                c = int(model.device.to_numpy(model.count_correct(x[lo:hi, ...], t[lo:hi, ...], batch_size)))
+        return int(round(self.allreduce_host([c])[0]))
 
     # -- state --------------------------------------------------------------------
     def sync_state(self, model, optimizer=None):
@@ -268,11 +278,15 @@ class Communicator:
 
 
 class SelfComm(Communicator):
-    """One process: every collective is the identity, so training code has a single path."""
+    """One process: every collective is the identity, so training code has a single path (its
+    shard is the whole range, its weights 1, its sums the values themselves)."""
 
     def __init__(self, device=None):
         if device is not None:
             self.setup(device)
+
+    def reduce_hook(self, local_n, global_n):
+        return None   # nothing to reduce: the optimizer skips the hook
 
 
 # --------------------------------------------------------------------------- MPI
@@ -364,7 +378,7 @@ class MPIComm(Communicator):
         info = launch_info()
         self.rank, self.size = (info[0], info[1] or 0) if info else (0, 0)
         self.host = socket.gethostname()
-        self._dev_coll = None
+        self._coll = None          # the collectives on device arrays (set up with the device)
         self.reduce_backend = None
         self.allreduce_calls, self.allreduce_s, self.allreduce_bytes = 0, 0.0, 0
         # The watchdog exists before MPI does: a rank lost before or during start-up (MPI_Init,
@@ -418,14 +432,8 @@ class MPIComm(Communicator):
             self._watch.disarm()
 
     def _call(self, what, fn, *args, **kw):
-        self._watch.arm(what)
-        try:
+        with self.guard(what):
             return fn(*args, **kw)
-        except self._MPI.Exception as e:
-            raise RankLost(f"rank {self.rank} of {self.size} ({self.host}): MPI failed while {what}: "
-                           f"{e.Get_error_string()}; another rank has probably died") from None
-        finally:
-            self._watch.disarm()
 
     def abort(self, code=1):
         sys.stdout.flush()
@@ -433,9 +441,9 @@ class MPIComm(Communicator):
         self._comm.Abort(int(code))
 
     def close(self):
-        if self._dev_coll is not None:
-            self._dev_coll.close()
-            self._dev_coll = None
+        if self._coll is not None:
+            self._coll.close()
+            self._coll = None
         self._watch.close()
 
     # -- device ------------------------------------------------------------------------
@@ -445,18 +453,21 @@ class MPIComm(Communicator):
         device = get_device(device)
         if self.device is not None and device == self.device:
             return device
-        if self._dev_coll is not None:
-            self._dev_coll.close()
-        self.device, self._dev_coll = device, None
+        if self._coll is not None:
+            self._coll.close()
+        self.device, self._coll = device, None
         h = 1.0 if device.is_host else 0.0
         most, least = self.allreduce_host([h, -h], "max")
         if most != -least:
             raise DistributedError(f"rank {self.rank} trains on {device.spec} but other ranks use another kind "
                                    f"of device; give every rank the same --device")
         with self.guard("connecting the devices (NCCL)"):
-            self._dev_coll = device.collectives(self.rank, self.size, self._bcast_bytes)
-        self.reduce_backend = (f"{self._dev_coll.name} on the device" if self._dev_coll is not None
-                               else "MPI from host memory")
+            coll = device.collectives(self.rank, self.size, self._bcast_bytes)
+        if coll is None:  # the device has no collectives of its own: MPI, through host memory
+            self._coll = _HostCollectives(self._MPI, self._comm, self.rank, device)
+            self.reduce_backend = "MPI from host memory"
+        else:
+            self._coll, self.reduce_backend = coll, f"{coll.name} on the device"
         return device
 
     def _bcast_bytes(self, data):
@@ -471,23 +482,13 @@ class MPIComm(Communicator):
     def allreduce_mean(self, flat, weight=None):
         w = 1.0 / self.size if weight is None else float(weight)
         t0 = time.perf_counter()
-        if self._dev_coll is not None:
-            if w != 1.0:
-                flat *= w
-            self._call("all-reducing the gradients (NCCL)", self._dev_coll.allreduce_sum_, flat)
-            out = flat
-        else:
-            dev = self.device
-            h = dev.to_numpy(flat)   # the buffer itself on the CPU; a host copy elsewhere
-            if w != 1.0:
-                h *= w
-            self._call("all-reducing the gradients", self._comm.Allreduce, self._MPI.IN_PLACE, h,
-                       op=self._MPI.SUM)
-            out = dev.asarray(h)     # no copy on the CPU
+        if w != 1.0:
+            flat *= w
+        self._call(f"all-reducing the gradients ({self._coll.name})", self._coll.allreduce_sum_, flat)
         self.allreduce_calls += 1
         self.allreduce_s += time.perf_counter() - t0
-        self.allreduce_bytes += int(getattr(out, "nbytes", 0))
-        return out
+        self.allreduce_bytes += int(getattr(flat, "nbytes", 0))
+        return flat
 
     def allreduce_host(self, values, op="sum"):
         MPI = self._MPI
@@ -501,14 +502,6 @@ class MPIComm(Communicator):
     def agree_signal(self, signum):
         got = int(self.allreduce_host([float(signum or 0)], "max")[0])
         return got or None
-
-    def count(self, model, x, t, batch_size=1000):
-        lo, hi = self.shard(x.shape[0])
-        c = 0
-        if hi > lo:
-            with self.guard("counting correct predictions"):
-                c = int(model.device.to_numpy(model.count_correct(x[lo:hi, ...], t[lo:hi, ...], batch_size)))
-        return int(round(self.allreduce_host([c])[0]))
 
     def allgather_host(self, values):
         MPI = self._MPI
@@ -545,19 +538,12 @@ class MPIComm(Communicator):
             raise DistributedError(f"rank {self.rank} holds {int(sig[0])} arrays of {int(sig[1])} numbers but "
                                    f"another rank holds a different model or optimizer state; give every rank "
                                    f"the same flags (and the same --resume checkpoint)")
-        dev = model.device
         for name, a in arrays:
-            if self._dev_coll is not None:
-                self._call(f"broadcasting {name}", self._dev_coll.bcast_, a, 0)
-                continue
-            h = dev.to_numpy(a)
-            self._call(f"broadcasting {name}", self._comm.Bcast, h, root=0)
-            if self.rank != 0:
-                a[...] = dev.asarray(h)
+            self._call(f"broadcasting {name}", self._coll.bcast_, a, 0)
         if optimizer is not None:
             optimizer.t = int(self._bcast_scalar(optimizer.t))
-        with self.guard("broadcasting rank 0's state (NCCL)"):
-            dev.synchronize()
+        with self.guard(f"broadcasting rank 0's state ({self._coll.name})"):
+            model.device.synchronize()
 
     def _bcast_scalar(self, v):
         buf = array.array("d", [float(v)])
@@ -565,17 +551,40 @@ class MPIComm(Communicator):
         return buf[0]
 
     def average_buffers(self, model):
-        dev = model.device
         for name, b in model.buffers.items():
-            if self._dev_coll is not None:
-                b *= 1.0 / self.size
-                self._call(f"averaging buffer {name}", self._dev_coll.allreduce_sum_, b)
-                continue
-            h = dev.to_numpy(b)
-            h = h * (1.0 / self.size)
-            self._call(f"averaging buffer {name}", self._comm.Allreduce, self._MPI.IN_PLACE, h,
-                       op=self._MPI.SUM)
-            b[...] = dev.asarray(h)
+            b *= 1.0 / self.size
+            self._call(f"averaging buffer {name}", self._coll.allreduce_sum_, b)
+
+
+class _HostCollectives:
+    """MPI's collectives on the device arrays of a device without its own (the CPU, the simulated
+    device), with the interface of the device collectives (NCCL's: :meth:`dualnet.backend.Device.
+    collectives`): in place on a device array, through host memory.  The array is copied to the
+    host, MPI works on the copy, the result is copied back; on the CPU the host array is the
+    device array itself, so nothing is copied.  ``MPI``, ``comm``: mpi4py's module and communicator."""
+
+    name = "MPI"
+
+    def __init__(self, MPI, comm, rank, device):
+        self._MPI, self._comm, self._rank, self._device = MPI, comm, rank, device
+
+    def _back(self, a, h):
+        if h is not a:   # a copy (not on the CPU): write the result back into the device array
+            a[...] = self._device.asarray(h)
+        return a
+
+    def allreduce_sum_(self, a):
+        h = self._device.to_numpy(a)
+        self._comm.Allreduce(self._MPI.IN_PLACE, h, op=self._MPI.SUM)
+        return self._back(a, h)
+
+    def bcast_(self, a, root=0):
+        h = self._device.to_numpy(a)
+        self._comm.Bcast(h, root=int(root))
+        return a if self._rank == root else self._back(a, h)
+
+    def close(self):
+        pass
 
 
 # --------------------------------------------------------------------------- entry point

@@ -306,8 +306,8 @@ def max_pool2d_backward(dout, ctx):
     # Ties go to the first maximal offset by handing out a "remaining" gradient: an offset that
     # hits takes all of what is left of its window's dout and leaves 0 for later offsets.  That
     # is 5 array operations per offset (4 for the last), 19 for a 2x2 window, against 24 for
-    # tracking a boolean "not found yet" mask; same speed in NumPy (SimpleConvNet's pool at
-    # batch 100: 3.3 ms against 3.5).  ``where`` instead of the float mask was 3x slower there.
+    # tracking a boolean "not found yet" mask, and as fast in NumPy; ``where`` instead of the
+    # float mask is slower (measured in docs/convolution.md, "Smaller choices").
     rest = dout   # the part of dout not yet routed
     last = PH * PW - 1
     for k in range(PH * PW):

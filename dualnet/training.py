@@ -5,9 +5,23 @@
 - :class:`BatchSource` serves shuffled mini-batches of one dataset on one device: the
   whole set lives on the device when it fits in half its free memory (batches are then
   gathered there, with no host transfer), else each batch is moved as it is used.
-- :class:`Trainer` runs epochs of steps with one host sync per logging interval;
-  :func:`train_steps` runs a fixed number of steps (the book's iteration-based
-  experiments).  Both, the bench and the scripts use the two pieces above.
+- :class:`Trainer` runs epochs of steps; :func:`train_steps` runs a fixed number of steps (the
+  book's iteration-based experiments).  Both, the bench and the scripts use the two pieces above.
+
+The trainer is three pieces composed by :meth:`Trainer.fit`:
+
+- the run state (:class:`dualnet.runstate.RunState`): the position (epoch, steps done in it),
+  the history and every step's loss, the checkpoint written after every epoch, the
+  interrupted one, and resuming from either;
+- the interval reader (:class:`IntervalReader`): the steps' losses and correct counts stay on
+  the device until the logging interval ends, then ONE host sync reads them back, they are
+  combined over the ranks and checked for NaN/inf;
+- the progress view (:class:`Progress`): the progress bar and the printed lines.
+
+The communicator (:mod:`dualnet.distributed`) decides the rest: each rank's slice of a batch,
+its weight in the means and the sums of counts over the ranks.  One process is
+:class:`~dualnet.distributed.SelfComm`, whose slice is the whole batch, weights 1 and sums the
+values themselves, so one code path serves one process and K.
 
 Every epoch draws its shuffle from a generator seeded by (seed, epoch), and every step
 re-seeds the dropout masks from (seed, epoch, step), so the position alone (epoch, steps
@@ -22,22 +36,18 @@ KeyboardInterrupt).  Further signals during that save are ignored, so the file i
 from __future__ import annotations
 
 import math
-import os
-import signal
-import threading
 import time
 
 from . import functions as F
-from .checkpoint import save_checkpoint
 from .checks import check_labels
-from .errors import CheckpointError, ConfigError, ShapeError, TrainingDiverged
-from .io import RunDir, WriteError
+from .errors import ConfigError, ShapeError, TrainingDiverged
 from .distributed import SelfComm
 from .models import count_correct
+from .runstate import DeferredSignals, Interrupted, RunState
 from .seeds import SHUFFLE, batch_seed, epoch_seed, step_seed
 
-__all__ = ["train_step", "BatchSource", "train_steps", "Trainer", "TrainingDiverged", "epoch_seed",
-           "step_seed", "Interrupted"]
+__all__ = ["train_step", "BatchSource", "train_steps", "Trainer", "IntervalReader", "Progress",
+           "TrainingDiverged", "epoch_seed", "step_seed", "Interrupted"]
 
 
 def train_step(model, optimizer, x, t, reduce=None):
@@ -57,61 +67,6 @@ def train_step(model, optimizer, x, t, reduce=None):
     model.backward()
     optimizer.update(model.params, model.grads, reduce=reduce)
     return loss, count_correct(model.scores, t)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Training was stopped by a signal (SIGINT or SIGTERM) after its position was saved.
-
-    ``signum`` is the signal; ``checkpoint`` the file saved (None without a run directory);
-    ``exit_code`` is 128 + signum (130 for SIGINT, 143 for SIGTERM), as a shell reports it.
-    """
-
-    def __init__(self, signum, checkpoint=None, position=None):
-        self.signum = int(signum)
-        self.checkpoint, self.position = checkpoint, position
-        super().__init__(self.signal_name)
-
-    @property
-    def signal_name(self):
-        try:
-            return signal.Signals(self.signum).name
-        except ValueError:
-            return f"signal {self.signum}"
-
-    @property
-    def exit_code(self):
-        return 128 + self.signum
-
-
-class _DeferSignals:
-    """Within the block, SIGINT and SIGTERM only note themselves (``signum``: the first one);
-    the trainer looks at the note where stopping loses nothing.  Only in the main thread, and
-    a signal the process ignores stays ignored."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum = None
-        self._old = {}
-
-    def _note(self, signum, frame):
-        if self.signum is None:
-            self.signum = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                old = signal.getsignal(s)
-                if old is signal.SIG_IGN:
-                    continue
-                signal.signal(s, self._note)
-                self._old[s] = old
-        return self
-
-    def __exit__(self, *exc):
-        for s, old in self._old.items():
-            signal.signal(s, old if old is not None else signal.SIG_DFL)
-        self._old = {}
 
 
 class BatchSource:
@@ -186,6 +141,17 @@ class BatchSource:
     @property
     def steps_per_epoch(self):
         return math.ceil(self.num_samples / self.batch_size)
+
+    def batch_len(self, i):
+        """The number of samples in batch ``i`` of an epoch (the last one may be smaller)."""
+        return min((i + 1) * self.batch_size, self.num_samples) - i * self.batch_size
+
+    def rows(self, start, stop):
+        """Samples ``start:stop`` in their stored order as device arrays (views when the data
+        is on the device): the evaluation batches."""
+        if self.on_device:
+            return self.x[start:stop, ...], self.t[start:stop, ...]
+        return self.batch(slice(start, stop))
 
     def head(self, n):
         """The first ``n`` samples as device arrays (for a training-accuracy estimate)."""
@@ -278,6 +244,140 @@ def train_steps(model, optimizer, source, iters, seed=0, schedule=None):
         return dev.to_numpy(dev.xp.stack(losses)).tolist() if losses else []
 
 
+class IntervalReader:
+    """The steps of one epoch between two host syncs.
+
+    Each step's loss and correct count stay on the device (:meth:`add` reads nothing); at the
+    end of a logging interval :meth:`read` brings them back in ONE transfer, combines them
+    over the ranks (the communicator's weighted sums: one process gets its own values) and
+    checks the losses for NaN/inf.
+
+    Parameters
+    ----------
+    device : Device
+    comm : dualnet.distributed.Communicator
+    every : int
+        Steps per interval: :attr:`full` after that many.
+    correct, seen : int
+        The epoch's running totals before the first step here (a resumed position).
+
+    Attributes
+    ----------
+    correct, seen : int
+        Correct predictions and samples of the epoch's steps read so far, whole batches over
+        all ranks (the running accuracy).
+    """
+
+    def __init__(self, device, comm, every, correct=0, seen=0):
+        self.device, self.comm, self.every = device, comm, int(every)
+        self.correct, self.seen = int(correct), int(seen)
+        self._reset()
+
+    def _reset(self):
+        self._losses, self._weights, self._count, self._seen = [], [], None, 0
+
+    def add(self, loss, correct, weight, n):
+        """One step: its loss and correct count (0-d device arrays) on this rank's slice, which
+        is the share ``weight`` of the step's batch of ``n`` samples."""
+        self._losses.append(loss)
+        self._weights.append(weight)
+        self._count = correct if self._count is None else self._count + correct
+        self._seen += n
+
+    @property
+    def pending(self):
+        return len(self._losses)
+
+    @property
+    def full(self):
+        return self.pending >= self.every
+
+    def read(self, step, epoch):
+        """The pending steps' losses (floats, whole batches); ``step`` is the 1-based global
+        number of the last of them and ``epoch`` the 0-based epoch, for the error.
+
+        Raises :class:`TrainingDiverged` naming the first step whose loss is NaN or infinite."""
+        xp, losses = self.device.xp, self._losses
+        # host sync: the interval's losses and its correct count, in one array
+        with self.comm.guard("reading the losses back from the device"):
+            count = xp.reshape(xp.astype(self._count, losses[0].dtype), (1,))
+            vals = self.device.to_numpy(xp.concat([xp.stack(losses), count])).tolist()
+        # every rank's share of each batch's mean, summed: the whole batch's mean (and count)
+        vals = self.comm.allreduce_host([v * w for v, w in zip(vals[:-1], self._weights)] + vals[-1:])
+        n_correct = int(round(vals.pop()))
+        first = step - len(vals) + 1
+        for k, v in enumerate(vals):
+            if not math.isfinite(v):
+                raise TrainingDiverged(first + k, epoch + 1, v)
+        self.correct += n_correct
+        self.seen += self._seen
+        self._reset()
+        return vals
+
+
+class Progress:
+    """What a run shows: one progress bar per epoch and one printed line per epoch.
+
+    Parameters
+    ----------
+    enabled : bool
+        Show the bar (tqdm; nothing in redirected output).
+    log : callable
+        Prints a line.
+    epochs : int
+        The run's number of epochs, for "epoch 3/10".
+    regression : bool
+        Scores are mean losses, not accuracies.
+    """
+
+    def __init__(self, enabled, log, epochs, regression=False):
+        self.enabled, self.log, self.epochs, self.regression = enabled, log, int(epochs), regression
+        self.kind = "loss" if regression else "acc"
+        self._bar = None
+
+    def start(self, epoch, steps, start=0, seen=0):
+        """A bar for epoch ``epoch`` of ``steps`` steps, ``start`` (with ``seen`` samples) done."""
+        self._seen0 = seen
+        if self.enabled:
+            from tqdm import tqdm
+            # disable=None: no bar frames in redirected output; the bar moves every step (no sync:
+            # only its numbers wait for the interval's one read) and ends at 100%
+            self._bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
+                             leave=False, dynamic_ncols=True, disable=None)
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def step(self):
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def interval(self, loss, correct, seen, elapsed):
+        """The numbers of the interval just read: last loss, running accuracy ``correct / seen``,
+        images per second since the bar started."""
+        if self._bar is not None:
+            acc = {} if self.regression else {"acc": f"{correct / seen:.3f}"}
+            self._bar.set_postfix(loss=f"{loss:.4f}", **acc,
+                                  img_s=f"{(seen - self._seen0) / max(elapsed, 1e-9):.0f}")
+
+    def close(self):
+        bar, self._bar = self._bar, None
+        if bar is not None:
+            bar.close()
+
+    def epoch_done(self, epoch, loss, scores, elapsed, n, lr):
+        """The epoch's line: last loss, ``scores`` {"train", "test"[, "val"]}, time, speed, lr."""
+        kind, val = self.kind, scores.get("val")
+        self.log(f"epoch {epoch + 1}/{self.epochs}: loss {loss:.4f}  "
+                 f"train {kind} {scores['train']:.4f}  " + (f"val {kind} {val:.4f}  " if val is not None else "") +
+                 f"test {kind} {scores['test']:.4f}  "
+                 f"({elapsed:.1f} s, {n / max(elapsed, 1e-9):,.0f} images/s, lr {lr:.3g})")
+
+
 class Trainer:
     """Train ``model`` with ``optimizer`` on a :class:`dualnet.data.Dataset`.
 
@@ -306,7 +406,9 @@ class Trainer:
     A checkpoint's ``meta`` records the position: ``epoch`` (epochs completed), ``epoch_step``
     (steps done in the next one), ``step`` (steps in all), the history, every step's loss, and
     for a position inside an epoch the running-accuracy counts so far (``partial``).
-    :meth:`restore` continues from exactly there.
+    :meth:`restore` continues from exactly there.  The run's state is :attr:`state`
+    (:class:`dualnet.runstate.RunState`); ``step``, ``history``, ``iter_loss``,
+    ``start_epoch`` and ``start_step`` read it.
     """
 
     def __init__(self, model, optimizer, data, epochs=1, batch_size=100, schedule=None, out_dir=None,
@@ -325,22 +427,21 @@ class Trainer:
         self.comm = comm if comm is not None else SelfComm(model.device)
         if self.comm.device != model.device:
             self.comm.setup(model.device)
-        if self.regression and self.comm.distributed:
-            raise ConfigError("data-parallel training scores a model by counting correct predictions "
-                              "over the ranks, which a regression model has none of; train it in one "
-                              "process (without mpiexec)")
         if not self.comm.is_root:  # rank 0 alone logs and shows progress
             self.log, self.progress = (lambda *a, **k: None), False
-        self.history = {"epoch": [], "train_acc": [], "test_acc": [], "running_acc": [], "lr": [],
-                        "epoch_time_s": [], "images_per_s": []}
-        self.iter_loss = []
-        self.start_epoch = 0
-        self.start_step = 0          # steps already done in epoch ``start_epoch``
-        self._partial = (0, 0, 0.0)  # (correct, seen, seconds) of those steps
-        self.step = 0
-        self.interrupted_checkpoint = None
-        self._signals = _DeferSignals()
+        self.state = RunState(model, optimizer, out_dir, self.config, writes=self.comm.is_root)
+        self._signals = DeferredSignals()
         self.device = model.device
+        self._sources(data, batch_size, augment)
+        self._warm = False
+        self._dropout = any(hasattr(layer, "set_seed") for layer in getattr(model, "layers", ()))
+        if not self.train.on_device:
+            self.log(f"the dataset does not fit on {self.device.spec}: moving it batch by batch")
+
+    def _sources(self, data, batch_size, augment):
+        """The training, test and (when the data has one) validation sources: on the device all
+        three, when they fit there together, or none."""
+        model = self.model
         classes = model.output_shape[-1] if getattr(model, "output_shape", None) else None
         splits = [(data.x_train, data.t_train), (data.x_test, data.t_test)]
         if getattr(data, "x_val", None) is not None:
@@ -348,126 +449,85 @@ class Trainer:
         fits = BatchSource.fits(self.device, model.dtype, *splits)  # all three sets count
         self.train = BatchSource(data.x_train, data.t_train, self.device, model.dtype, batch_size,
                                  on_device=fits, num_classes=classes, what="training set", augment=augment)
-        self._warm = False
         self.test = BatchSource(data.x_test, data.t_test, self.device, model.dtype, self.eval_batch,
-                                on_device=self.train.on_device, num_classes=classes, what="test set")
+                                on_device=fits, num_classes=classes, what="test set")
         self.val = None  # a validation split carved from the training data: scored every epoch
-        if getattr(data, "x_val", None) is not None:
+        if len(splits) == 3:
             self.val = BatchSource(data.x_val, data.t_val, self.device, model.dtype, self.eval_batch,
-                                   on_device=self.train.on_device, num_classes=classes,
-                                   what="validation set")
-        self._dropout = any(hasattr(layer, "set_seed") for layer in getattr(model, "layers", ()))
-        if not self.train.on_device:
-            self.log(f"the dataset does not fit on {self.device.spec}: moving it batch by batch")
+                                   on_device=fits, num_classes=classes, what="validation set")
 
+    # -- the run state, as the attributes the callers read -------------------------------
     @property
     def on_device(self):
         return self.train.on_device
 
+    @property
+    def step(self):
+        return self.state.step
+
+    @property
+    def history(self):
+        return self.state.history
+
+    @property
+    def iter_loss(self):
+        return self.state.iter_loss
+
+    @property
+    def start_epoch(self):
+        return self.state.epoch
+
+    @property
+    def start_step(self):
+        return self.state.epoch_step
+
+    @property
+    def interrupted_checkpoint(self):
+        return self.state.interrupted_checkpoint
+
+    def restore(self, meta, path="checkpoint"):
+        """Continue from checkpoint metadata written by this trainer: at the same step of the
+        same epoch, with the same history, losses and running-accuracy counts."""
+        self.state.restore(meta, self.train.steps_per_epoch, path)
+
+    # -- scores ----------------------------------------------------------------------
     def evaluate(self, source=None):
         """Accuracy on the test set (or on a :class:`BatchSource`), in batches; for a regression
         model its mean loss instead (:meth:`mean_loss`)."""
         src = source or self.test
-        if self.regression:
-            return self.mean_loss(src)
-        if self.comm.distributed:
-            return self._count(src, src.num_samples) / src.num_samples
-        if src.on_device:
-            return self.model.accuracy(src.x, src.t, self.eval_batch)
-        correct = 0
-        for s in range(0, src.num_samples, self.eval_batch):
-            xb, tb = src.batch(slice(s, min(s + self.eval_batch, src.num_samples)))
-            correct += int(self.device.to_numpy(self.model.count_correct(xb, tb, self.eval_batch)))
-        return correct / src.num_samples
+        return self._score(src, src.num_samples)
+
+    def _score(self, src, n):
+        """The accuracy (a regression model: the mean loss) on the first ``n`` samples of ``src``."""
+        return self.mean_loss(src, n) if self.regression else self._count(src, n) / n
 
     def mean_loss(self, src, n=None):
         """Mean loss (without the weight-decay penalty) over the first ``n`` samples of ``src``, in
-        batches, in inference mode: one host read."""
+        batches, in inference mode: one host read per rank, each rank summing its shard."""
         n = src.num_samples if n is None else min(int(n), src.num_samples)
         m, total = self.model, None
-        with self.device.bind():
-            for s in range(0, n, self.eval_batch):
-                e = min(s + self.eval_batch, n)
-                xb, tb = (src.x[s:e, ...], src.t[s:e, ...]) if src.on_device else src.batch(slice(s, e))
+        lo, hi = self.comm.shard(n)
+        with self.device.bind(), self.comm.guard("computing the mean loss"):
+            for s in range(lo, hi, self.eval_batch):
+                e = min(s + self.eval_batch, hi)
+                xb, tb = src.rows(s, e)
                 part = m.loss_layer.forward(m.predict(xb), tb) * (e - s)
                 total = part if total is None else total + part
-            return float(self.device.to_numpy(total)) / n
+            mine = 0.0 if total is None else float(self.device.to_numpy(total))
+        return self.comm.allreduce_host([mine])[0] / n
 
     def _count(self, src, n):
-        """Correct predictions on the first ``n`` samples of ``src``: each rank counts its shard,
-        the counts are summed over the ranks."""
-        if src.on_device:
-            return self.comm.count(self.model, src.x[:n, ...], src.t[:n, ...], self.eval_batch)
+        """Correct predictions on the first ``n`` samples of ``src``: each rank counts its shard
+        (one host read), the counts are summed over the ranks."""
+        m, correct = self.model, None
         lo, hi = self.comm.shard(n)
-        correct = 0
-        with self.comm.guard("counting correct predictions"):
+        with self.device.bind(), self.comm.guard("counting correct predictions"):
             for s in range(lo, hi, self.eval_batch):
-                xb, tb = src.batch(slice(s, min(s + self.eval_batch, hi)))
-                correct += int(self.device.to_numpy(self.model.count_correct(xb, tb, self.eval_batch)))
-        return int(round(self.comm.allreduce_host([correct])[0]))
-
-    def _shared_step(self, xb, tb, n):
-        """This rank's part of a data-parallel step: ``xb`` is its slice of a batch of ``n``;
-        its gradients count ``len(xb) / n`` in the all-reduce.  A rank with no samples in this
-        batch still joins the all-reduce, with zero gradients, and applies the same update."""
-        m, opt, dev = self.model, self.opt, self.device
-        k = xb.shape[0]
-        reduce = self.comm.reduce_hook(k, n)
-        if k:
-            return train_step(m, opt, xb, tb, reduce=reduce)
-        xp = dev.xp
-        opt.update(m.params, {key: xp.zeros_like(p) for key, p in m.params.items()}, reduce=reduce)
-        return (xp.zeros((), dtype=dev.dtype(m.dtype), device=dev.array_device),
-                xp.zeros((), dtype=dev.dtype("int64"), device=dev.array_device))
-
-    # -- resume ------------------------------------------------------------------------
-    def restore(self, meta, path="checkpoint"):
-        """Continue from checkpoint metadata written by this trainer: at the same step of the
-        same epoch, with the same history, losses and running-accuracy counts."""
-        def bad(why):
-            return CheckpointError(f"{path}: {why}; it cannot be resumed by this run "
-                                   f"(resume from the run's checkpoint.npz instead)")
-        epoch, k = int(meta.get("epoch", 0)), int(meta.get("epoch_step", 0))
-        step = int(meta.get("step", 0))
-        if not 0 <= k < self.train.steps_per_epoch:
-            raise bad(f"its position (step {k} of epoch {epoch + 1}) is outside an epoch of "
-                      f"{self.train.steps_per_epoch} steps")
-        iter_loss = list(meta.get("iter_loss", []))
-        if len(iter_loss) != step:
-            raise bad(f"it records {len(iter_loss)} losses for {step} steps")
-        self.start_epoch, self.start_step, self.step = epoch, k, step
-        self.history = meta.get("history", self.history)
-        self.iter_loss = iter_loss
-        p = meta.get("partial") or {}
-        self._partial = (int(p.get("correct", 0)), int(p.get("seen", 0)), float(p.get("elapsed_s", 0.0)))
-
-    def _save(self, epoch, name="checkpoint.npz", extra=None):
-        if not self.out_dir:
-            return None
-        path = os.path.join(self.out_dir, name)
-        if not self.comm.is_root:  # rank 0 alone writes; the others name its file
-            return path
-        meta = {"epoch": epoch, "epoch_step": 0, "step": self.step, "history": self.history,
-                "iter_loss": self.iter_loss, "config": self.config, **(extra or {})}
-        try:
-            save_checkpoint(path, self.model, self.opt, meta)
-        except WriteError as e:
-            last = os.path.join(self.out_dir, "checkpoint.npz")
-            kept = (f"; the last good checkpoint {last} is intact" if os.path.exists(last)
-                    else "; no checkpoint was written yet")
-            raise WriteError(f"{e}{kept} (out_dir={self.out_dir!r})", param="out_dir",
-                             errno_=e.errno_) from None
-        return path
-
-    def _interrupt(self, epoch, k, partial=None):
-        """Save the position (``k`` steps done in ``epoch``) to interrupted.npz and stop."""
-        extra = {"epoch_step": k, "signal": Interrupted(self._signals.signum).signal_name}
-        if partial is not None:
-            correct, seen, elapsed = partial
-            extra["partial"] = {"correct": correct, "seen": seen, "elapsed_s": elapsed}
-        path = self._save(epoch, "interrupted.npz", extra)
-        self.interrupted_checkpoint = path
-        raise Interrupted(self._signals.signum, path, {"epoch": epoch, "epoch_step": k, "step": self.step})
+                xb, tb = src.rows(s, min(s + self.eval_batch, hi))
+                c = m.count_correct(xb, tb, self.eval_batch)
+                correct = c if correct is None else correct + c
+            mine = 0 if correct is None else int(self.device.to_numpy(correct))
+        return int(round(self.comm.allreduce_host([mine])[0]))
 
     # -- the loop --------------------------------------------------------------------
     def fit(self):
@@ -484,32 +544,29 @@ class Trainer:
         dualnet.io.WriteError
             When a checkpoint cannot be written; the last good one is kept.
         """
-        run_dir = RunDir(self.out_dir) if self.out_dir and self.comm.is_root else None
+        state = self.state
+        view = Progress(self.progress, self.log, self.epochs, self.regression)
         try:
-            if run_dir is not None:
-                run_dir.acquire()
-            with self._signals, self.device.bind():
+            with state.hold(), self._signals, self.device.bind():
                 self.comm.sync_state(self.model, self.opt)  # rank 0's weights everywhere (no-op alone)
-                for epoch in range(self.start_epoch, self.epochs):
-                    self._epoch(epoch, self.start_step if epoch == self.start_epoch else 0)
-                    self._save(epoch + 1)
-                    self.start_epoch, self.start_step, self._partial = epoch + 1, 0, (0, 0, 0.0)
-                    if self.out_dir and self.comm.is_root:  # the epoch's checkpoint supersedes an interrupted position
-                        stale = os.path.join(self.out_dir, "interrupted.npz")
-                        if os.path.exists(stale):
-                            try:
-                                os.unlink(stale)
-                            except OSError:
-                                pass
-                    got = self.comm.agree_signal(self._signals.signum)  # a signal on any rank
-                    if got is not None:
-                        self._signals.signum = got
-                        self._interrupt(epoch + 1, 0)
+                for epoch in range(state.epoch, self.epochs):
+                    elapsed, reader = self._epoch(epoch, view)
+                    self.comm.average_buffers(self.model)  # batch-norm running statistics: the mean over the ranks
+                    self._score_epoch(epoch, reader, elapsed, view)
+                    state.end_epoch(epoch)
+                    if self._stop_requested():
+                        state.interrupt(self._signals.signum, epoch + 1, 0)
         finally:
-            if run_dir is not None:
-                run_dir.release()
             self._signals.signum = None
         return self.history
+
+    def _stop_requested(self):
+        """Whether a signal reached any rank (every rank asks after each step, so all stop after
+        the same one); the note then holds the signal agreed on."""
+        got = self.comm.agree_signal(self._signals.signum)
+        if got is not None:
+            self._signals.signum = got
+        return got is not None
 
     def _warm_up(self):
         """Once per process, before the first timed epoch: one forward and backward pass on a
@@ -527,107 +584,65 @@ class Trainer:
             v[...] = old
         self.device.synchronize()
 
-    def _epoch(self, epoch, start=0):
-        m, opt, dev, src = self.model, self.opt, self.device, self.train
+    def _step(self, xb, tb, n):
+        """This rank's part of a step: ``xb`` is its slice of a batch of ``n`` (the whole batch in
+        one process); its gradients count ``len(xb) / n`` in the all-reduce.  A rank with no
+        samples in this batch still joins the all-reduce, with zero gradients, and applies the
+        same update."""
+        m, opt, dev = self.model, self.opt, self.device
+        k = xb.shape[0]
+        reduce = self.comm.reduce_hook(k, n)
+        if k:
+            return train_step(m, opt, xb, tb, reduce)
         xp = dev.xp
-        if self.schedule is not None:
-            opt.lr = self.schedule(epoch)
-        N, steps = src.num_samples, src.steps_per_epoch
-        sig = self._signals
+        opt.update(m.params, {key: xp.zeros_like(p) for key, p in m.params.items()}, reduce=reduce)
+        return (xp.zeros((), dtype=dev.dtype(m.dtype), device=dev.array_device),
+                xp.zeros((), dtype=dev.dtype("int64"), device=dev.array_device))
 
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-            # disable=None: no bar frames in redirected output; the bar moves every step (no sync:
-            # only its numbers wait for the interval's one read) and ends at 100%
-            bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
-                       leave=False, dynamic_ncols=True, disable=None)
-        pending, correct, seen = [], None, 0
-        correct_total, seen_total, elapsed0 = self._partial if start else (0, 0, 0.0)
+    def _epoch(self, epoch, view):
+        """Train epoch ``epoch`` from the position in :attr:`state`; returns its seconds and the
+        interval reader holding its running-accuracy counts.  A signal stops it after the step
+        in which it came, with the position saved (:meth:`RunState.interrupt`)."""
+        state, comm, src = self.state, self.comm, self.train
+        if self.schedule is not None:
+            self.opt.lr = self.schedule(epoch)
+        start, steps = state.epoch_step, src.steps_per_epoch
+        correct0, seen0, elapsed0 = state.partial if start else (0, 0, 0.0)
+        reader = IntervalReader(self.device, comm, self.log_every, correct0, seen0)
         self._warm_up()
-        dev.synchronize()
-        t0 = time.perf_counter()
-        comm = self.comm
-        shard, weights = (comm.shard if comm.distributed else None), []
-        for i, (xb, tb) in enumerate(src.epoch(epoch_seed(self.seed, epoch, SHUFFLE), start=start, shard=shard),
-                                     start=start):
-            if self._dropout:
-                m.set_seed(comm.rank_seed(step_seed(self.seed, epoch, i)))  # masks differ per rank
-            if shard is None:
-                loss, c = train_step(m, opt, xb, tb)
-                seen += xb.shape[0]
-            else:
-                n = min((i + 1) * src.batch_size, N) - i * src.batch_size
-                loss, c = self._shared_step(xb, tb, n)
-                weights.append(xb.shape[0] / n)
-                seen += n
-            self.step += 1
-            pending.append(loss)
-            correct = c if correct is None else correct + c
-            got = comm.agree_signal(sig.signum)  # every rank stops after the same step
-            if got is not None:
-                sig.signum = got
-            stop = got is not None and i < steps - 1
-            if bar:
-                bar.update(1)
-            if len(pending) == self.log_every or i == steps - 1 or stop:
-                # The one host sync of the interval: the losses and the correct count in one array.
-                with comm.guard("reading the losses back from the device"):
-                    vals = dev.to_numpy(xp.concat([xp.stack(pending),
-                                                   xp.reshape(xp.astype(correct, pending[0].dtype), (1,))]))
-                vals = vals.tolist()
-                if shard is not None:  # the whole batch's losses and count: weighted sums over the ranks
-                    vals = comm.allreduce_host([v * w for v, w in zip(vals[:-1], weights)] + vals[-1:])
-                    weights = []
-                n_correct = int(round(vals.pop()))
-                first_step = self.step - len(pending) + 1
-                for k, v in enumerate(vals):
-                    if not math.isfinite(v):
-                        if bar:
-                            bar.close()
-                        raise TrainingDiverged(first_step + k, epoch + 1, v)
-                self.iter_loss.extend(vals)
-                correct_total += n_correct
-                seen_total += seen
-                pending, seen, correct = [], 0, None
-                if bar:
-                    el = time.perf_counter() - t0
-                    acc = {} if self.regression else {"acc": f"{correct_total / seen_total:.3f}"}
-                    bar.set_postfix(loss=f"{vals[-1]:.4f}", **acc,
-                                    img_s=f"{(seen_total - (self._partial[1] if start else 0)) / max(el, 1e-9):.0f}")
-            if stop:
-                if bar:
-                    bar.close()
-                self._interrupt(epoch, i + 1, (correct_total, seen_total,
-                                               elapsed0 + time.perf_counter() - t0))
-        dev.synchronize()
-        elapsed = elapsed0 + time.perf_counter() - t0
-        if bar:
-            bar.close()
-        comm.average_buffers(m)  # batch-norm running statistics: the mean over the ranks
-        n_eval = min(self.eval_train_samples, N)
-        if comm.distributed:
-            train_acc = self._count(src, n_eval) / n_eval
-        elif self.regression:
-            train_acc = self.mean_loss(src, n_eval)
-        else:
-            xe, te = src.head(n_eval)
-            train_acc = m.accuracy(xe, te, self.eval_batch)
-        test_acc = self.evaluate()
-        val_acc = self.evaluate(self.val) if self.val is not None else None
-        h = self.history
-        h["epoch"].append(epoch + 1)
-        kind = "loss" if self.regression else "acc"
-        h.setdefault(f"train_{kind}", []).append(train_acc)
-        h.setdefault(f"test_{kind}", []).append(test_acc)
-        if val_acc is not None:
-            h.setdefault(f"val_{kind}", []).append(val_acc)
-        if not self.regression:  # a regression step's "correct" count means nothing
-            h["running_acc"].append(correct_total / max(1, seen_total))
-        h["lr"].append(opt.lr)
-        h["epoch_time_s"].append(elapsed)
-        h["images_per_s"].append(N / max(elapsed, 1e-9))
-        self.log(f"epoch {epoch + 1}/{self.epochs}: loss {self.iter_loss[-1]:.4f}  "
-                 f"train {kind} {train_acc:.4f}  " + (f"val {kind} {val_acc:.4f}  " if val_acc is not None else "") +
-                 f"test {kind} {test_acc:.4f}  "
-                 f"({elapsed:.1f} s, {N / max(elapsed, 1e-9):,.0f} images/s, lr {opt.lr:.3g})")
+        with view.start(epoch, steps, start, seen0):
+            self.device.synchronize()
+            t0 = time.perf_counter()
+            batches = src.epoch(epoch_seed(self.seed, epoch, SHUFFLE), start=start, shard=comm.shard)
+            for i, (xb, tb) in enumerate(batches, start=start):
+                if self._dropout:
+                    self.model.set_seed(comm.rank_seed(step_seed(self.seed, epoch, i)))  # masks differ per rank
+                n = src.batch_len(i)
+                loss, c = self._step(xb, tb, n)
+                state.step += 1
+                reader.add(loss, c, comm.weight(xb.shape[0], n), n)
+                stop = self._stop_requested() and i < steps - 1
+                view.step()
+                if reader.full or i == steps - 1 or stop:
+                    state.iter_loss.extend(reader.read(state.step, epoch))
+                    view.interval(state.iter_loss[-1], reader.correct, reader.seen, time.perf_counter() - t0)
+                if stop:
+                    view.close()
+                    state.interrupt(self._signals.signum, epoch, i + 1,
+                                    (reader.correct, reader.seen, elapsed0 + time.perf_counter() - t0))
+            self.device.synchronize()
+            elapsed = elapsed0 + time.perf_counter() - t0
+        return elapsed, reader
+
+    def _score_epoch(self, epoch, reader, elapsed, view):
+        """Score the model after epoch ``epoch`` (train estimate, test, validation), record the
+        epoch in the history and print its line."""
+        src = self.train
+        n, n_eval = src.num_samples, min(self.eval_train_samples, src.num_samples)
+        scores = {"train": self._score(src, n_eval), "test": self.evaluate()}
+        if self.val is not None:
+            scores["val"] = self.evaluate(self.val)
+        # a regression step's "correct" count means nothing
+        running = None if self.regression else reader.correct / max(1, reader.seen)
+        self.state.record(epoch, view.kind, scores, running, self.opt.lr, elapsed, n)
+        view.epoch_done(epoch, self.iter_loss[-1], scores, elapsed, n, self.opt.lr)

@@ -6,10 +6,12 @@ import sys
 
 import numpy as np
 
-from dualnet.distributed import init
+from dualnet.data import Dataset
+from dualnet.distributed import SelfComm, init
 from dualnet.models import Sequential
-from dualnet.layers import Affine, BatchNormalization, ReLU
+from dualnet.layers import Affine, BatchNormalization, MeanSquaredError, ReLU
 from dualnet.optimizers import Adam
+from dualnet.training import Trainer
 
 
 def main(spec):
@@ -62,9 +64,31 @@ def main(spec):
     ts = dev.asarray(np.arange(37) % 3)
     whole = int(dev.to_numpy(net.count_correct(xs, ts)))
     assert comm.count(net, xs, ts, 10) == whole
+    regression_trains_like_one_process(comm, dev)
     comm.barrier()
     print(f"ok rank {r} {comm.reduce_backend}", flush=True)
     comm.close()
+
+
+def regression_trains_like_one_process(comm, dev):
+    """A regression model is scored by its mean loss, each rank summing its shard: the ranks end
+    with the weights and losses of one process (batches of 30 of 100 samples: a last one of 10)."""
+    rng = np.random.default_rng(3)
+    x, xt = rng.uniform(-1, 1, (100, 2)), rng.uniform(-1, 1, (41, 2))
+    data = Dataset("plane", x, x @ [[3.0], [2.0]], xt, xt @ [[3.0], [2.0]], num_classes=1)
+    runs = []
+    for c in (comm, SelfComm(dev)):
+        net = Sequential([Affine(2, 8), ReLU(), Affine(8, 1)], (2,), loss=MeanSquaredError(), device=dev,
+                         dtype="float64", seed=0)
+        tr = Trainer(net, Adam(0.01), data, epochs=2, batch_size=30, progress=False, log=lambda *a: None,
+                     comm=c, eval_batch=7)
+        runs.append((tr.fit(), tr.iter_loss, {k: dev.to_numpy(v) for k, v in net.params.items()}))
+    (h2, loss2, w2), (h1, loss1, w1) = runs
+    np.testing.assert_allclose(loss2, loss1, rtol=1e-10)
+    for k in ("train_loss", "test_loss"):
+        np.testing.assert_allclose(h2[k], h1[k], rtol=1e-10)
+    for k in w1:
+        np.testing.assert_allclose(w2[k], w1[k], rtol=1e-10, atol=1e-12)
 
 
 if __name__ == "__main__":

@@ -174,6 +174,11 @@ def test_two_ranks_train_like_one_process(tmp_path, dtype, batch, tol):
     assert max_diff(w0, w1) == 0.0                      # both ranks hold identical weights
     assert max_diff(w0, one) <= tol, max_diff(w0, one)
     assert all(w0[k].dtype == np.dtype(dtype) for k in w0)
+    # the logged losses are the whole batches' means: the single process's
+    from dualnet.checkpoint import read_checkpoint
+    two_meta, one_meta = (read_checkpoint(d / "run" / "checkpoint.npz")[0]["meta"] for d in (out, tmp_path / "one"))
+    assert two_meta["step"] == one_meta["step"] == len(one_meta["iter_loss"]) > 0
+    np.testing.assert_allclose(two_meta["iter_loss"], one_meta["iter_loss"], rtol=100 * tol)
     # rank 0 alone wrote the run directory, and printed the epoch once
     assert sorted(p.name for p in (out / "run").iterdir()) == ["checkpoint.npz"]
     assert r.stdout.count("epoch 1/1:") == 1 and "test accuracy" in r.stdout

@@ -1,4 +1,4 @@
-"""Issue 11, nothing lost: interruptions, OS faults, concurrent runs, bad data, tampered
+"""Nothing lost: interruptions, OS faults, concurrent runs, bad data, tampered
 checkpoints and API misuse.  Bad inputs are written here in the real formats; interruptions
 are real signals sent to a real ``python -m dualnet train`` process.
 
@@ -63,7 +63,8 @@ HOOK = textwrap.dedent('''
                 return _real_step(*a)
             T.train_step = _step
         else:  # the n-th checkpoint.npz write, and every interrupted.npz write, are slow midway
-            _real_save, _real_savez, _st = T.save_checkpoint, np.savez, {"ck": 0, "slow": None}
+            import dualnet.runstate as R
+            _real_save, _real_savez, _st = R.save_checkpoint, np.savez, {"ck": 0, "slow": None}
 
             def _save(path, *a, **k):
                 name = os.path.basename(path)
@@ -80,7 +81,7 @@ HOOK = textwrap.dedent('''
                 if _st["slow"]:
                     open(_st["slow"], "w").close()
                     time.sleep(1.5)
-            T.save_checkpoint, np.savez = _save, _savez
+            R.save_checkpoint, np.savez = _save, _savez
 ''')
 
 RUN_FLAGS = ["--model", "mlp", "--dropout", "0.2", "--batchnorm", "--lr-decay", "0.9", "--epochs", "3",

@@ -149,3 +149,37 @@ def test_augment_mirrors_only_the_classes_allowed(device):
     assert not set(MIRROR_CLASSES["fashion-mnist"]) & {5, 7, 9}   # sandal, sneaker, ankle boot
     with pytest.raises(dn.ConfigError, match="mirror classes"):
         BatchSource(x, t, device, "float32", 100, num_classes=4, augment=(0, (4,)))
+
+
+def test_interval_reader_reads_once_per_interval_and_names_the_diverged_step(device):
+    """Steps are added on the device (one array operation each: the running count) and read
+    back in one transfer per interval; losses are each rank's share of the batch mean summed
+    over the ranks, counts plain sums; a NaN is reported at its own global step."""
+    from dualnet.backend import CountingDevice
+    from dualnet.distributed import SelfComm
+    from dualnet.training import IntervalReader
+
+    class TwoLikeRanks(SelfComm):   # a stand-in for two ranks that sent the same values
+        def allreduce_host(self, values, op="sum"):
+            return [2 * float(v) for v in values]
+
+    dev = CountingDevice(device)
+    reads = []
+    real = dev.to_numpy
+    dev.to_numpy = lambda a: reads.append(1) or real(a)
+    values = [2.5, 1.25, 0.75, float("nan"), 0.5]
+    steps = [(dev.asarray(np.array(v), "float64"), dev.asarray(np.array(k + 1))) for k, v in enumerate(values)]
+    reader = IntervalReader(dev, TwoLikeRanks(dev), every=3, correct=4, seen=50)
+    for k, (loss, c) in enumerate(steps[:3]):
+        dev.ops = 0
+        reader.add(loss, c, 0.5, 10)
+        assert dev.ops == (1 if k else 0) and reads == []   # nothing read, one addition per step
+    assert reader.full and reader.pending == 3
+    assert reader.read(step=13, epoch=1) == values[:3] and len(reads) == 1
+    assert (reader.correct, reader.seen, reader.pending) == (4 + 2 * 6, 50 + 30, 0)
+    for loss, c in steps[3:]:
+        reader.add(loss, c, 0.5, 10)
+    assert not reader.full
+    with pytest.raises(dn.TrainingDiverged, match="at step 14 .epoch 2."):
+        reader.read(step=15, epoch=1)
+    assert len(reads) == 2

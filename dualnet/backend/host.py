@@ -16,8 +16,8 @@ def tune_allocator():
     A training step allocates and frees many multi-megabyte temporaries.  By default
     glibc serves each from a fresh mmap and unmaps it on free, so every step pays
     page faults on all of them.  Serving them from the heap and keeping freed heap
-    lets the next step reuse the pages (measured on 2 cores: SimpleConvNet step at
-    batch 100, median 25-27 ms with this against 28-29 ms without; noisy).  It changes
+    lets the next step reuse the pages (a faster training step on the CPU: the measurement
+    and its command are in docs/convolution.md, "Smaller choices").  It changes
     the whole process's allocator, so a library does not do it behind its user's back:
     the entry points (``dualnet`` commands, the book's scripts, the bench) call it once.
     A no-op after the first call, where libc has no ``mallopt``, or when
