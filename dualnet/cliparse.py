@@ -56,33 +56,41 @@ def build_parser():
     return ap
 
 
+def _takers(option):
+    """The models that take run setting ``option`` (each declares its own: ``run_options``)."""
+    from .models import MODELS
+    return ", ".join(n for n, m in MODELS.items() if option in m.run_options)
+
+
 def _train_flags(sub):
     from .conv import method_names
     from .data import DATASETS
     from .models import MODELS
     from .optimizers import OPTIMIZERS
+    from .runconfig import DEFAULTS as D, EPOCHS_DIGITS, EPOCHS_OTHER, LR_DIGITS_ADAM
     t = sub.add_parser("train", formatter_class=_Help, help="train a model and write metrics, checkpoint and plots")
-    # Options left unset (None) take the checkpoint's value with --resume, else TRAIN_DEFAULTS.
-    t.add_argument("--model", choices=list(MODELS), help="default: simple_convnet")
-    t.add_argument("--dataset", choices=list(DATASETS), help="default: digits (embedded, no download)")
+    # The flags of the run settings (dualnet.runconfig.RunConfig, by their dest) are None when left
+    # out: they take the checkpoint's value with --resume, else the run configuration's defaults.
+    t.add_argument("--model", choices=list(MODELS), help=f"default: {D['model']}")
+    t.add_argument("--dataset", choices=list(DATASETS), help=f"default: {D['dataset']} (embedded, no download)")
     _device_arg(t)
     t.set_defaults(device=None)  # auto; with --resume, the checkpoint's device when it is usable here
-    t.add_argument("--epochs", type=_positive_int, help="default: 20 on digits, 10 otherwise")
-    t.add_argument("--batch-size", type=_positive_int, help="default: 100")
-    t.add_argument("--optimizer", choices=list(OPTIMIZERS), help="default: adam")
+    t.add_argument("--epochs", type=_positive_int, help=f"default: {EPOCHS_DIGITS} on digits, {EPOCHS_OTHER} otherwise")
+    t.add_argument("--batch-size", type=_positive_int, help=f"default: {D['batch_size']}")
+    t.add_argument("--optimizer", choices=list(OPTIMIZERS), help=f"default: {D['optimizer']}")
     t.add_argument("--lr", type=_positive_float, help="default: the optimizer's usual one "
-                   "(adam: 0.001; 0.003 on digits)")
-    t.add_argument("--lr-decay", type=_positive_float, help="lr *= this after every epoch (default 1)")
-    t.add_argument("--weight-decay", type=_nonneg_float, help="L2 lambda on weights (default 0)")
-    t.add_argument("--dropout", type=_fraction, default=None, help="dropout ratio (mlp, deep_convnet, alexnet)")
+                   f"(adam: 0.001; {LR_DIGITS_ADAM:g} on digits)")
+    t.add_argument("--lr-decay", type=_positive_float, help=f"lr *= this after every epoch (default {D['lr_decay']:g})")
+    t.add_argument("--weight-decay", type=_nonneg_float, help=f"L2 lambda on weights (default {D['weight_decay']:g})")
+    t.add_argument("--dropout", type=_fraction, default=None, help=f"dropout ratio ({_takers('dropout')})")
     t.add_argument("--image-size", type=_positive_int, default=None,
                    help="alexnet: resize images to this side first (default: none when they fit alexnet, "
                         "else 224)")
-    t.add_argument("--batchnorm", action="store_true", help="batch normalization (mlp, simple_convnet)")
-    t.add_argument("--seed", type=_nonneg_int, help="default: 0")
+    t.add_argument("--batchnorm", action="store_true", default=None, help=f"batch normalization ({_takers('batchnorm')})")
+    t.add_argument("--seed", type=_nonneg_int, help=f"default: {D['seed']}")
     t.add_argument("--conv", choices=method_names(), default=None,
                    help="convolution algorithm (default: auto; im2col is the book's)")
-    t.add_argument("--dtype", choices=["float32", "float64"], help="default: float32")
+    t.add_argument("--dtype", choices=["float32", "float64"], help=f"default: {D['dtype']}")
     t.add_argument("--augment", action="store_true", default=None,
                    help="shift training images by up to 2 pixels (1 on 8x8) and mirror at random the "
                         "classes whose mirror image is still that class (clothes, not shoes, in "
@@ -90,7 +98,7 @@ def _train_flags(sub):
     t.add_argument("--data-dir", default=None, help="folder with the dataset's files (default: the "
                    "cache ~/.cache/dualnet/<name>, then /usr/share/datasets/<name>, then a download)")
     t.add_argument("--val-fraction", type=_fraction,
-                   help="carve a validation split from the training data (default 0)")
+                   help=f"carve a validation split from the training data (default {D['val_fraction']:g})")
     t.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<model>-<time>); "
                    "must be new or empty unless --resume or --overwrite")
     t.add_argument("--resume", default=None, metavar="CHECKPOINT",

@@ -9,8 +9,8 @@ traceback.
 """
 from __future__ import annotations
 
-__all__ = ["DualnetError", "ConfigError", "ShapeError", "DTypeError", "DeviceError", "DataError",
-           "CheckpointError", "TrainingDiverged"]
+__all__ = ["DualnetError", "ConfigError", "SettingError", "ShapeError", "DTypeError", "DeviceError",
+           "DataError", "CheckpointError", "TrainingDiverged"]
 
 
 class DualnetError(Exception):
@@ -25,6 +25,24 @@ class DualnetError(Exception):
 
 class ConfigError(DualnetError, ValueError):
     """An argument has a value the library cannot use (unknown name, out of range)."""
+
+
+class SettingError(ConfigError):
+    """A run setting that cannot be used as given, in a message a front end can word with its own
+    names for the settings (the command line: its flags).
+
+    ``compose(name)`` writes the message, calling ``name(setting)`` wherever it names a setting:
+    ``str(error)`` names them as the library does (``batch_size``), :meth:`render` as the caller
+    passes (``--batch-size``).  ``param`` is the setting at fault.
+    """
+
+    def __init__(self, compose, param=None):
+        super().__init__(compose(str), param=param)
+        self.compose = compose
+
+    def render(self, name):
+        """The message with every setting it names written as ``name(setting)``."""
+        return self.compose(name)
 
 
 class ShapeError(DualnetError, ValueError):

@@ -10,17 +10,23 @@ import math
 from . import conv
 from .backend import HostRNG, get_device, namespace, on_device_of
 from .checks import check_batch, check_labels
-from .errors import ConfigError, DTypeError, ShapeError
+from .errors import ConfigError, DTypeError, SettingError, ShapeError
 from .seeds import layer_seed
 from .layers import (Affine, BatchNormalization, Convolution, Dropout, Flatten, MaxPooling, ReLU,
                      Resize, Sigmoid, SoftmaxWithLoss, Tanh, _check_dtype, build_layers, check_seed,
-                     check_size, layer_from_spec, move_layers)
+                     check_size, layer_from_spec, move_layers, specs_only)
 from .params import FlatDict, concat, place, split
 
 __all__ = ["Sequential", "TwoLayerNet", "MultiLayerNet", "SimpleConvNet", "DeepConvNet",
            "AlexNet", "MODELS", "build_model", "model_from_config", "count_correct"]
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+
+# The run settings (dualnet.runconfig) a named model may take: the constructor argument each one
+# sets, and what a model built without that argument has.  Each model lists those it takes in
+# ``run_options``; :meth:`Sequential.run_kwargs` turns a run's settings into its constructor's.
+RUN_OPTIONS = {"dropout": ("dropout", 0.0), "batchnorm": ("use_batchnorm", False),
+               "conv": ("conv_method", None), "image_size": ("resize", None)}
 
 
 def count_correct(scores, t):
@@ -67,6 +73,9 @@ class Sequential:
     """
 
     name = None  # the model's name in MODELS, recorded in checkpoints
+    run_options = ()  # the run settings of RUN_OPTIONS this model takes
+    # (sample shape, constructor keywords) of a small version for `dualnet gradcheck`
+    gradcheck_build = ((1, 10, 10), {})
 
     def __init__(self, layers, input_shape, loss=None, device="cpu", dtype="float32", seed=0,
                  weight_init=None, weight_decay=0.0, regularization="l2"):
@@ -178,6 +187,33 @@ class Sequential:
         return [(l, k, p) for l in self.layers for k, p in l.params.items() if l.roles[k] == "weight"]
 
     # -- configuration -------------------------------------------------------------
+    @classmethod
+    def check_options(cls, options):
+        """Refuse a run setting of ``options`` (setting -> value; None, or False for a switch,
+        leaves it unset) that this model does not take, naming the models that do."""
+        for setting, value in options.items():
+            if setting not in RUN_OPTIONS:
+                raise ConfigError(f"unknown model option {setting!r}; known: {', '.join(RUN_OPTIONS)}",
+                                  param=setting)
+            if value is not None and value is not False and setting not in cls.run_options:
+                takers = [n for n, m in MODELS.items() if setting in m.run_options]
+                listed = ", ".join(takers[:-1]) + " and " + takers[-1] if len(takers) > 1 else takers[0]
+                raise SettingError(lambda name, s=setting: f"{name(s)} applies to {listed}, not {cls.name}",
+                                   param=setting)
+
+    @classmethod
+    def run_kwargs(cls, options, sample_shape):
+        """The constructor keywords of a run with model ``options`` (see :meth:`check_options`)
+        on samples of ``sample_shape``; a model whose defaults depend on the samples adds them."""
+        cls.check_options(options)
+        return {RUN_OPTIONS[s][0]: v for s, v in options.items() if v is not None and v is not False}
+
+    @staticmethod
+    def recorded_options(model_kwargs):
+        """The run settings a named model built with ``model_kwargs`` has (for each one it was not
+        given, the value of a model without it): what a resumed run must agree with."""
+        return {s: model_kwargs.get(kwarg, off) for s, (kwarg, off) in RUN_OPTIONS.items()}
+
     @property
     def config(self):
         """JSON-ready description from which :func:`model_from_config` rebuilds the network."""
@@ -394,6 +430,7 @@ class TwoLayerNet(Sequential):
     """Affine - ReLU - Affine - softmax (CS231n's two-layer net; the book's ch. 5 version)."""
 
     name = "two_layer_net"
+    gradcheck_build = ((1, 10, 10), dict(hidden_size=10, weight_init=0.3))
 
     def __init__(self, input_size=784, hidden_size=50, output_size=10, weight_init=0.01,
                  input_shape=None, **common):
@@ -410,6 +447,8 @@ class MultiLayerNet(Sequential):
     """
 
     name = "mlp"
+    run_options = ("dropout", "batchnorm")
+    gradcheck_build = ((1, 10, 10), dict(hidden_sizes=[12, 12], use_batchnorm=True))
 
     def __init__(self, input_size=784, hidden_sizes=(100, 100, 100, 100), output_size=10,
                  activation="relu", weight_init=None, use_batchnorm=False, dropout=0.0,
@@ -445,6 +484,15 @@ class SimpleConvNet(Sequential):
     """
 
     name = "simple_convnet"
+    run_options = ("batchnorm", "conv")
+    gradcheck_build = ((1, 10, 10), dict(filter_num=4, hidden_size=10, weight_init=0.3))
+
+    @classmethod
+    def run_kwargs(cls, options, sample_shape):
+        kw = super().run_kwargs(options, sample_shape)
+        if sample_shape[-1] < 16:  # 8x8 digits: 3x3 filters with pad 1 keep the size before pooling
+            kw.update(filter_size=3, pad=1)
+        return kw
 
     def __init__(self, input_dim=(1, 28, 28), filter_num=30, filter_size=5, pad=0, stride=1,
                  hidden_size=100, output_size=10, weight_init="he", use_batchnorm=False,
@@ -469,6 +517,8 @@ class DeepConvNet(Sequential):
     ReLU; where a pool follows, the pool runs first (the same values, a quarter of the ReLU)."""
 
     name = "deep_convnet"
+    run_options = ("dropout", "conv")
+    gradcheck_build = ((1, 28, 28), dict(dropout=0.3))
 
     def __init__(self, input_dim=(1, 28, 28), output_size=10, hidden_size=50, dropout=0.5,
                  weight_init="he", conv_method=None, **common):
@@ -518,7 +568,22 @@ class AlexNet(Sequential):
     """
 
     name = "alexnet"
+    run_options = ("dropout", "conv", "image_size")
+    gradcheck_build = ((1, 10, 10), dict(widths=[3, 4, 4, 4, 3], hidden_size=6, dropout=0.3, resize=139))
     WIDTHS = (48, 128, 192, 192, 128)
+
+    @classmethod
+    def run_kwargs(cls, options, sample_shape):
+        """``resize`` is the run's image size, else none where the samples fit AlexNet, else the
+        course's 224."""
+        kw = super().run_kwargs(options, sample_shape)
+        if "resize" not in kw:
+            try:
+                with specs_only():  # only the sizes are checked: nothing is allocated
+                    cls(input_dim=tuple(sample_shape), output_size=2, widths=(1,) * 5, hidden_size=1)
+            except ShapeError:
+                kw["resize"] = 224
+        return kw
 
     def __init__(self, input_dim=(3, 224, 224), output_size=1000, widths=WIDTHS, hidden_size=2048,
                  dropout=0.01, resize=None, weight_init="he", conv_method=None, **common):

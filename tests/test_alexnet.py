@@ -234,14 +234,14 @@ def test_train_alexnet_prints_its_summary(tmp_path, capsys, monkeypatch):
     """digits (8x8) are resized to 224 unless --image-size says otherwise; narrow widths keep it fast."""
     from dualnet import cli
     chosen = []
-    real = cli._alexnet_kwargs
+    real = AlexNet.run_kwargs  # AlexNet's own options: the image size, or what fits
 
-    def narrow(size, shape):
-        kw = real(size, shape)
+    def narrow(cls, options, shape):
+        kw = real(options, shape)
         chosen.append(kw)
         return {**kw, "widths": [3, 4, 4, 4, 3], "hidden_size": 8}
-    monkeypatch.setattr(cli, "_alexnet_kwargs", narrow)
-    assert real(None, (1, 8, 8)) == {"resize": 224} and real(None, (3, 227, 227)) == {}
+    monkeypatch.setattr(AlexNet, "run_kwargs", classmethod(narrow))
+    assert real({}, (1, 8, 8)) == {"resize": 224} and real({}, (3, 227, 227)) == {}
     out_dir = tmp_path / "run"
     code = cli.main(["train", "--model", "alexnet", "--image-size", "139", "--epochs", "1", "--no-progress",
                      "--no-plots", "--batch-size", "100", "--device", "cpu", "--out", str(out_dir)])

@@ -10,7 +10,7 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "dualnet"
 # The library core, which no application module may be imported by.
 CORE = {"backend", "errors", "functions", "conv", "init", "params", "layers", "models", "optimizers", "training", "io",
         "checkpoint", "gradcheck", "distributed", "seeds", "runstate"}
-APPS = {"data", "plots", "bench", "studies", "cli", "cliparse", "book", "cs231n"}
+APPS = {"data", "plots", "bench", "studies", "runconfig", "cli", "cliparse", "book", "cs231n"}
 # Host-side modules (files, plots, command line, benchmarks) may use NumPy for host arrays;
 # compute modules take their namespace from arrays or the device.
 HOST_MODULES = {"backend", "data", "checkpoint", "cli", "bench", "plots", "studies", "book", "cs231n"}

@@ -111,7 +111,7 @@ def test_user_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert code == 2 and "cifar10 not found" in err and "Traceback" not in err
     code, _, err = run(capsys, "train", "--model", "simple_convnet", "--dropout", "0.3", "--device", "cpu",
                        "--no-progress")
-    assert code == 2 and "--dropout applies to alexnet, mlp and deep_convnet, not simple_convnet" in err
+    assert code == 2 and "--dropout applies to mlp, deep_convnet and alexnet, not simple_convnet" in err
     code, _, err = run(capsys, "evaluate", "--checkpoint", str(tmp_path / "none.npz"), "--device", "cpu")
     assert code == 2 and "does not exist" in err
 
