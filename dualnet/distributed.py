@@ -206,16 +206,21 @@ class Communicator:
         calls this after each step, so all stop after the same one."""
         return signum
 
+    def shard_sum(self, n, part, what):
+        """The sum over the ranks of ``part(start, stop)``, a host number each rank computes on its
+        shard of ``range(n)`` (0 for an empty shard): the one way counts and losses are totalled,
+        for one process and K.  ``what`` names the work for the watchdog."""
+        lo, hi = self.shard(n)
+        with self.guard(what):
+            mine = part(lo, hi) if hi > lo else 0
+        return self.allreduce_host([mine])[0]
+
     def count(self, model, x, t, batch_size=1000):
-        """Correct predictions of ``model`` on device arrays ``x``, ``t``: each rank counts its
-        shard, the counts are summed over the ranks (an int, the same on every rank; one process
-        counts them all)."""
-        lo, hi = self.shard(x.shape[0])
-        c = 0
-        if hi > lo:
-            with self.guard("counting correct predictions"):
-                c = int(model.device.to_numpy(model.count_correct(x[lo:hi, ...], t[lo:hi, ...], batch_size)))
-        return int(round(self.allreduce_host([c])[0]))
+        """Correct predictions of ``model`` on device arrays ``x``, ``t``, summed over the ranks'
+        shards (an int, the same on every rank)."""
+        def part(lo, hi):  # host sync: one read of this rank's count
+            return int(model.device.to_numpy(model.count_correct(x[lo:hi, ...], t[lo:hi, ...], batch_size)))
+        return int(round(self.shard_sum(x.shape[0], part, "counting correct predictions")))
 
     # -- state --------------------------------------------------------------------
     def sync_state(self, model, optimizer=None):

@@ -505,29 +505,35 @@ class Trainer:
         """Mean loss (without the weight-decay penalty) over the first ``n`` samples of ``src``, in
         batches, in inference mode: one host read per rank, each rank summing its shard."""
         n = src.num_samples if n is None else min(int(n), src.num_samples)
-        m, total = self.model, None
-        lo, hi = self.comm.shard(n)
-        with self.device.bind(), self.comm.guard("computing the mean loss"):
+        m = self.model
+
+        def part(lo, hi):
+            total = None
             for s in range(lo, hi, self.eval_batch):
                 e = min(s + self.eval_batch, hi)
                 xb, tb = src.rows(s, e)
                 part = m.loss_layer.forward(m.predict(xb), tb) * (e - s)
                 total = part if total is None else total + part
-            mine = 0.0 if total is None else float(self.device.to_numpy(total))
-        return self.comm.allreduce_host([mine])[0] / n
+            return float(self.device.to_numpy(total))  # host sync: one read per evaluation
+
+        with self.device.bind():
+            return self.comm.shard_sum(n, part, "computing the mean loss") / n
 
     def _count(self, src, n):
         """Correct predictions on the first ``n`` samples of ``src``: each rank counts its shard
         (one host read), the counts are summed over the ranks."""
-        m, correct = self.model, None
-        lo, hi = self.comm.shard(n)
-        with self.device.bind(), self.comm.guard("counting correct predictions"):
+        m = self.model
+
+        def part(lo, hi):
+            correct = None
             for s in range(lo, hi, self.eval_batch):
                 xb, tb = src.rows(s, min(s + self.eval_batch, hi))
                 c = m.count_correct(xb, tb, self.eval_batch)
                 correct = c if correct is None else correct + c
-            mine = 0 if correct is None else int(self.device.to_numpy(correct))
-        return int(round(self.comm.allreduce_host([mine])[0]))
+            return int(self.device.to_numpy(correct))  # host sync: one read per evaluation
+
+        with self.device.bind():
+            return int(round(self.comm.shard_sum(n, part, "counting correct predictions")))
 
     # -- the loop --------------------------------------------------------------------
     def fit(self):
