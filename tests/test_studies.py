@@ -61,6 +61,10 @@ def test_init(out, dataset):
 
 def test_batchnorm(out, dataset):
     d = study("batchnorm", out, dataset)
+    for s in d["scales"]:  # a diverged net stops at the epoch it diverged, and only then
+        for key in ("bn", "plain"):
+            stop = s[key + "_diverged_epoch"]
+            assert len(s[key]) == (d["epochs"] if stop is None else stop - 1), (s["weight_std"], key)
     small = [s for s in d["scales"] if s["weight_std"] <= 0.01]
     assert small and np.mean([s["bn"][-1] for s in small]) > np.mean([s["plain"][-1] for s in small]) + 0.2
 
