@@ -313,10 +313,14 @@ def test_a_rank_lost_before_mpi_starts_ends_the_job(tmp_path, sig):
     assert "Traceback" not in r.stderr, r.stderr
     assert not (out / "checkpoint.npz").exists()
     if sig == "SIGSTOP":
-        assert r.returncode == EXIT_RANK_LOST, r.stdout + r.stderr
+        # Rank 0 exits 4; Hydra then kills the stopped rank 1 with SIGKILL, and which of the two
+        # statuses (or their OR) mpiexec reports depends on the order of its socket and waitpid
+        # events (pmodels/mpich#7057, #5930).  Rank 0's one line below is what shows that the
+        # watchdog fired; the set can shrink to {4} once Hydra reports exit codes reliably.
+        assert r.returncode in {EXIT_RANK_LOST, 9, EXIT_RANK_LOST | 9}, r.stdout + r.stderr
         errors = [line for line in r.stderr.splitlines() if "dualnet: error:" in line]
         assert len(errors) == 1 and errors[0].startswith("dualnet: error: rank 0 of 2"), r.stderr
-        assert "starting MPI" in errors[0]
+        assert "starting MPI" in errors[0] and "no answer from the other ranks for 3 s" in errors[0]
     else:
         assert r.returncode != 0
 
