@@ -109,18 +109,25 @@ def test_gradients_pass_the_numerical_check(device, rng, tile):
 F32_BOUND = {2: 1e-6, 4: 2e-5}
 
 
-@pytest.mark.parametrize("tile", TILES)
-@pytest.mark.parametrize("case", [(4, 16, 14, 14, 16, 1), (2, 32, 8, 8, 32, 2), (2, 64, 6, 6, 8, 1)],
-                         ids=["C16_14x14_p1", "C32_8x8_p2", "C64_6x6_p1"])
-def test_float32_error_against_float64_is_bounded(device, case, tile):
+def _float32_case(device, case):
+    """He-scaled inputs of one float32 case, with the direct convolution's float64 and float32
+    (out, dx, dW): the reference and the direct method's own float32 error."""
     N, C, H, W, FN, pad = case
     rng = np.random.default_rng(11)
     x, Wt, b = _case(rng, N, C, H, W, FN)
     Wt *= np.sqrt(2.0 / (9 * C))
     b *= 0.1
     dout = rng.standard_normal((N, FN, H + 2 * pad - 2, W + 2 * pad - 2))
-    want = _direct(device, x, Wt, b, dout, pad)
-    direct32 = _direct(device, x, Wt, b, dout, pad, "float32")
+    return (x, Wt, b, dout, _direct(device, x, Wt, b, dout, pad),
+            _direct(device, x, Wt, b, dout, pad, "float32"))
+
+
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("case", [(4, 16, 14, 14, 16, 1), (2, 32, 8, 8, 32, 2), (2, 64, 6, 6, 8, 1)],
+                         ids=["C16_14x14_p1", "C32_8x8_p2", "C64_6x6_p1"])
+def test_float32_error_against_float64_is_bounded(device, case, tile):
+    N, C, H, W, FN, pad = case
+    x, Wt, b, dout, want, direct32 = _float32_case(device, case)
     got = _winograd(device, x, Wt, b, dout, pad, tile, "float32")
     for name, g, r, d in zip(("out", "dx", "dW"), got, want, direct32):
         err, err_direct = _rel(g, r), _rel(d, r)
@@ -311,13 +318,7 @@ def test_blocked_float32_error_against_float64_has_the_batched_bound(device, cas
     """The blocked order of work changes no transform: the float32 bounds of the batched method
     (F32_BOUND) hold, in chunks that cut the batch."""
     N, C, H, W, FN, pad = case
-    rng = np.random.default_rng(11)
-    x, Wt, b = _case(rng, N, C, H, W, FN)
-    Wt *= np.sqrt(2.0 / (9 * C))
-    b *= 0.1
-    dout = rng.standard_normal((N, FN, H + 2 * pad - 2, W + 2 * pad - 2))
-    want = _direct(device, x, Wt, b, dout, pad)
-    direct32 = _direct(device, x, Wt, b, dout, pad, "float32")
+    x, Wt, b, dout, want, direct32 = _float32_case(device, case)
     got = _blocked(device, x, Wt, b, dout, pad, tile, N - 1, "float32")
     for name, g, r, d in zip(("out", "dx", "dW"), got, want, direct32):
         err, err_direct = _rel(g, r), _rel(d, r)
