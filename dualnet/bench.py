@@ -158,24 +158,35 @@ def _torch_peak(torch, tdev, fn):
 
 def torch_cpu_peak(model_name, batch, dtype, phase, timeout=120):
     """PyTorch's peak host memory for one ``phase`` ("train" or "infer") of ``model_name``, in a
-    fresh process: the resident-set high water (``ru_maxrss``) after one call minus the resident
-    set before it.  PyTorch's CPU allocator reports to no tracer, so this is the measure that
-    exists; it counts pages touched, not bytes asked for, and includes what the first call sets up
-    (Adam's moments).  None when the child fails."""
+    fresh process; None when the child fails or the kernel offers no resettable high water.
+
+    PyTorch's CPU allocator reports to no tracer, so the measure is the resident set: after one
+    warm-up call (Adam's moments, oneDNN's primitives, library pages read in on first use), the
+    high water is reset (``/proc/self/clear_refs``, Linux >= 4.0) and the result is the high
+    water of a second call minus the resident set just before it.  The child runs with glibc's
+    ``MALLOC_MMAP_THRESHOLD_`` at 64 KiB, so each large block is mapped when allocated and
+    returned when freed: the resident set then follows the live blocks instead of memory that
+    malloc keeps for reuse (without it a second call reused the first's pages and measured
+    0-11 MB for DeepConvNet; the process-lifetime ``ru_maxrss`` counted the ~300 MB of
+    importing PyTorch instead).
+    """
     import json
     import subprocess
     import sys
     code = ("import json, resource, sys, torch; from dualnet import bench; torch.set_num_threads(%d); "
             "fns, _, _ = bench.torch_contenders(torch, bench.get_device('cpu'), %r, %d, %r); "
+            "fn = fns[%r]; fn(); "
             "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize(); "
-            "before = rss(); fns[%r](); "
-            "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before))"
+            "open('/proc/self/clear_refs', 'w').write('5'); "
+            "before = rss(); fn(); "
+            "hwm = [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
+            "print(json.dumps(hwm - before))"
             % (torch_threads(), model_name, batch, dtype, phase))
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                          os.environ.get("PYTHONPATH", "")])}
     try:
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                           env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                               [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                os.environ.get("PYTHONPATH", "")])})
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
         return max(0, int(json.loads(r.stdout.strip().splitlines()[-1]))) if r.returncode == 0 else None
     except (subprocess.TimeoutExpired, ValueError, IndexError, OSError):
         return None
@@ -383,7 +394,7 @@ def _peak_method(impl, dev):
     """How ``peak_mem_bytes`` was measured: every measure is the peak of one call above what was
     allocated before it."""
     if dev.is_host:
-        return "tracemalloc" if impl == "dualnet" else "rss high water, fresh process"
+        return "tracemalloc" if impl == "dualnet" else "rss high water of a second call, fresh process"
     return "cupy pool hook" if impl == "dualnet" else "torch.cuda.max_memory_allocated"
 
 

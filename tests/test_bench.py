@@ -1,5 +1,6 @@
 """The bench harness itself (no timed assertions): schema, skip reasons, synchronized timing."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -209,3 +210,15 @@ def test_torch_twin_of_every_bench_model_has_its_gradients(model_name):
         dW = mod.weight.grad.numpy()
         np.testing.assert_allclose(dW.T if dW.ndim == 2 else dW, layer.grads["W"], rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(mod.bias.grad.numpy(), layer.grads["b"], rtol=1e-9, atol=1e-12)
+
+
+def test_torch_cpu_peak_measures_the_step_not_the_library():
+    """PyTorch's CPU peak is its training step's memory: it grows with the batch and stays far
+    below the ~300 MB that importing PyTorch makes resident."""
+    pytest.importorskip("torch")
+    small = bench.torch_cpu_peak("deep_convnet", 8, "float32", "train")
+    large = bench.torch_cpu_peak("deep_convnet", 64, "float32", "train")
+    if small is None and not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("no resettable resident-set high water on this kernel")
+    assert small is not None and large is not None
+    assert 0 < small and 3 * small < large < 100e6
