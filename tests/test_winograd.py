@@ -325,3 +325,33 @@ def test_blocked_float32_error_against_float64_has_the_batched_bound(device, cas
         assert 0 < err < F32_BOUND[tile], (name, err, err_direct)
         if tile == 2:
             assert err < 4 * err_direct, (name, err, err_direct)
+
+
+@pytest.mark.parametrize("tile", TILES)
+def test_blocked_keeps_V_within_its_budget_and_rebuilds_it_above(device, rng, monkeypatch, tile):
+    """Under KEEP_BYTES the forward keeps the input transform V of every chunk (shape (nTH, T,
+    C, nTW*nb)) and no grid; with a budget below V's size it keeps the grids and backward
+    rebuilds V.  Both equal the direct convolution to 1e-10, and each other to rounding."""
+    N, C, H, W, FN, pad = 5, 3, 9, 7, 4, 1
+    x, Wt, b = _case(rng, N, C, H, W, FN)
+    dout = rng.standard_normal((N, FN, H, W))
+    want = _direct(device, x, Wt, b, dout, pad)
+    g = F.ConvGeometry.of(x.shape, Wt.shape, 1, pad)
+    nTH, nTW = wg._tiles(H, W, tile)
+    v_bytes = 8 * (tile + 2) ** 2 * C * nTH * nTW * N
+    got = {}
+    for budget in (v_bytes, v_bytes - 1):
+        monkeypatch.setattr(wr, "KEEP_BYTES", budget)
+        a = [device.asarray(v, "float64") for v in (x, Wt, b, dout)]
+        out, saved = wr.blocked_forward(a[0], a[1], a[2], g, tile, 2)   # chunks of 2, 2, 1
+        if budget == v_bytes:
+            assert saved.grids is None
+            assert [tuple(V.shape) for V in saved.kept] == [((nTH, (tile + 2) ** 2, C, nTW * nb)) for nb in (2, 2, 1)]
+        else:
+            assert saved.kept is None and len(saved.grids) == 3
+        grads = wr.backward(a[3], saved, a[1])
+        got[budget] = [device.to_numpy(v) for v in (out, *grads)]
+        for name, v, r in zip(("out", "dx", "dW", "db"), got[budget], want):
+            assert _rel(v, r) < 1e-10, (budget, name, _rel(v, r))
+    for name, k, r in zip(("out", "dx", "dW", "db"), got[v_bytes], got[v_bytes - 1]):
+        assert _rel(k, r) < 1e-13, (name, _rel(k, r))

@@ -41,7 +41,7 @@ from .geometry import ConvGeometry
 from .layout import CHWN
 
 __all__ = ["NAME", "LAYOUT", "BLOCK_BYTES", "supports", "forward", "backward", "blocked_forward",
-           "WinogradRowsSaved"]
+           "WinogradRowsSaved", "KEEP_BYTES"]
 
 NAME = "winograd_rows"
 LAYOUT = CHWN
@@ -51,6 +51,13 @@ BLOCK_BYTES = 8 << 20
 the batch is cut into chunks when one row of tiles of all of it would take more (measured in
 docs/convolution.md: cutting a batch of 100 shortens the contiguous runs, which costs more
 than the cache misses it saves)."""
+
+
+KEEP_BYTES = 128 << 20
+"""The forward keeps the input transform V of every block for backward when all of it takes at
+most this (V is (alpha/m)**2 the size of the whole-tile input: about 2.25x the input for
+F(4x4, 3x3), 4x for F(2x2, 3x3)); above it, backward rebuilds V from the phased grid, so that
+large images do not multiply the memory a training step holds."""
 
 
 class WinogradRowsSaved(NamedTuple):
@@ -63,6 +70,9 @@ class WinogradRowsSaved(NamedTuple):
     tile: int
     chunk: int
     method: str = NAME
+    kept: Any = None
+    """The input transform V (nTH, T, C, nTW*nb) of every chunk, kept by the forward when it
+    fits :data:`KEEP_BYTES` (then ``grids`` is None); None when backward rebuilds V."""
 
 
 def supports(g):
@@ -104,6 +114,12 @@ class _Plan:
         g, a, m = self.g, self.alpha, self.m
         per_image = itemsize * (a * m * self.Wq * g.C + self.nTW * (self.T * (g.C + g.FN) + m * a * g.FN))
         return max(1, min(g.N, BLOCK_BYTES // per_image))
+
+    def keeps_V(self):
+        """Whether the forward keeps V for backward: V of all tile rows of all images within
+        :data:`KEEP_BYTES`."""
+        itemsize = self.xp.finfo(self.dtype).bits // 8
+        return itemsize * self.T * self.g.C * self.nTH * self.nTW * self.g.N <= KEEP_BYTES
 
     def chunks(self):
         """(n0, nb) of every chunk of images."""
@@ -164,16 +180,15 @@ def _phased_grids(p, x):
     return grids
 
 
-def _input_tiles(p, grid, th, bufs):
-    """V = BT d B of tile row ``th`` of one chunk's phased grid: (T, C, nTW*nb), tiles in
-    (tile column, image) order."""
+def _input_tiles(p, grid, th, bufs, V):
+    """V = BT d B of tile row ``th`` of one chunk's phased grid, written into V (T, C, nTW*nb),
+    tiles in (tile column, image) order."""
     xp, C, a, m, nTW = p.xp, p.g.C, p.alpha, p.m, p.nTW
     nb = grid.shape[4]
     L1, L = m * p.Wq * nb, nTW * nb
     R = p.view(bufs["R"], C, a, L1)
     _mm(p, p.BT, xp.reshape(grid[:, m * th:m * th + a, ...], (C, a, L1)), R)   # rows: (C, k, ph*wq*n)
     R5 = xp.reshape(R, (C, a, m, p.Wq, nb))
-    V = p.view(bufs["V"], p.T, C, L)
     tmp = p.view(bufs["tmp"], C, a, L)
     for k in range(a):
         Vk = xp.permute_dims(V[k * a:(k + 1) * a, ...], (1, 0, 2))           # (C, l, L), a view
@@ -235,16 +250,23 @@ def blocked_forward(x, W, b, g, tile, chunk=None):
     bufs = p.buffers(p.chunk, **_shapes(p, p.chunk))
     y = p.empty(g.FN, g.OH, g.OW, g.N)
     bias = xp.reshape(b, (g.FN, 1))
+    kept = [] if p.keeps_V() else None
     for (n0, nb), grid in zip(p.chunks(), grids):
+        Vs = p.empty(p.nTH, p.T, g.C, p.nTW * nb) if kept is not None else None
         for th in range(p.nTH):
-            V = _input_tiles(p, grid, th, bufs)
+            V = p.view(bufs["V"], p.T, g.C, p.nTW * nb) if Vs is None else Vs[th, ...]
+            _input_tiles(p, grid, th, bufs, V)
             M = p.view(bufs["M"], p.T, g.FN, p.nTW * nb)
             _mm(p, U, V, M)
             # column 1 of AT is all ones: every output of a tile reads product (1, 1) with weight 1
             M[p.alpha + 1, ...] += bias
             _output_tiles(p, M, th, n0, nb, y, bufs)
+        if kept is not None:
+            kept.append(Vs)
     name = NAME if tile == 2 else NAME.replace("winograd", f"winograd{tile}")
-    return xp.permute_dims(y, (3, 0, 1, 2)), WinogradRowsSaved(g, grids, U, tile, p.chunk, name)
+    # with V kept, backward needs no grid: only the kept V outlives the forward
+    saved = WinogradRowsSaved(g, None if kept is not None else grids, U, tile, p.chunk, name, kept)
+    return xp.permute_dims(y, (3, 0, 1, 2)), saved
 
 
 def _output_adjoint(p, Gd, th, n0, nb, bufs):
@@ -322,15 +344,18 @@ def backward(dout, saved, W, need_dx=True):
     bufs = p.buffers(p.chunk, **shapes)
     dU, part = xp.zeros((p.T, g.FN, g.C), dtype=p.dtype, device=p.dev), p.empty(p.T, g.FN, g.C)
     dx = p.empty(g.C, g.H, g.W, g.N) if need_dx else None
-    for (n0, nb), grid in zip(p.chunks(), saved.grids):
-        dgrid = xp.zeros(tuple(grid.shape), dtype=p.dtype, device=p.dev) if need_dx else None
+    for ci, (n0, nb) in enumerate(p.chunks()):
+        dgrid = xp.zeros((g.C, p.Hp, p.m, p.Wq, nb), dtype=p.dtype, device=p.dev) if need_dx else None
         for th in range(p.nTH):
             dM = _output_adjoint(p, Gd, th, n0, nb, bufs)
-            V = _input_tiles(p, grid, th, bufs)
+            if saved.kept is not None:
+                V = saved.kept[ci][th, ...]
+            else:
+                V = _input_tiles(p, saved.grids[ci], th, bufs, p.view(bufs["V"], p.T, g.C, p.nTW * nb))
             _mm(p, dM, xp.matrix_transpose(V), part)                      # (T, FN, C)
             dU += part
             if need_dx:
-                dV = p.view(bufs["V"], *V.shape)   # V is spent: its buffer takes dV
+                dV = p.view(bufs["V"], *V.shape)   # a rebuilt V is spent: its buffer takes dV
                 _mm(p, xp.matrix_transpose(saved.U), dM, dV)
                 _input_adjoint(p, dV, th, dgrid, bufs)
         if need_dx:
