@@ -93,6 +93,7 @@ class _Plan:
     def __init__(self, g, tile, x, chunk=None):
         xp, dev = namespace(x), array_device(x)
         self.g, self.m, self.alpha = g, tile, tile + 2
+        a = self.alpha
         self.T = self.alpha ** 2
         self.xp, self.dtype, self.dev = xp, x.dtype, dev
         self.fast = dev == "cpu"
@@ -100,19 +101,18 @@ class _Plan:
         on = lambda a: xp.asarray(a, dtype=x.dtype, device=dev)   # noqa: E731
         self.BT, self.AT = on(BT), on(AT)                          # (alpha, alpha), (m, alpha)
         self.B, self.A = on(_transposed(BT)), on(_transposed(AT))   # their transposes
-        # the column side: offsets j < m of tile tw are phases 0..m-1 at wq = tw, j >= m are
-        # phases 0..1 at wq = tw + 1 -- two evenly strided slices, two GEMMs
-        self.BT0, self.BT1 = on([r[:tile] for r in BT]), on([r[tile:] for r in BT])
-        self.B0, self.B1 = on(_transposed([r[:tile] for r in BT])), on(_transposed([r[tile:] for r in BT]))
+        # the adjoint of the row transform writes rows 0..alpha-m-1 of a tile row (shared with
+        # the tile row above: added) apart from the others (first written: assigned)
+        self.B_shared, self.B_own = self.B[:a - tile, ...], self.B[a - tile:, ...]
         self.nTH, self.nTW = wg._tiles(g.OH, g.OW, tile)
-        self.Hp, self.Wq = tile * self.nTH + 2, self.nTW + 1
+        self.Hp = tile * self.nTH + 2
         self.chunk = max(1, min(int(chunk), g.N)) if chunk else self._chunk(xp.finfo(x.dtype).bits // 8)
 
     def _chunk(self, itemsize):
         """Images per chunk: one row of tiles of them about BLOCK_BYTES of intermediates (the
         row-transformed input, V, M and the half-transformed output)."""
         g, a, m = self.g, self.alpha, self.m
-        per_image = itemsize * (a * m * self.Wq * g.C + self.nTW * (self.T * (g.C + g.FN) + m * a * g.FN))
+        per_image = itemsize * self.nTW * (a * a * g.C + self.T * (g.C + g.FN) + m * a * g.FN)
         return max(1, min(g.N, BLOCK_BYTES // per_image))
 
     def keeps_V(self):
@@ -163,38 +163,41 @@ def _mm(p, a, b, out):
         out[...] = p.xp.matmul(a, b)
 
 
-def _phased_grids(p, x):
-    """The zero-padded input of every chunk as (C, Hp, m, Wq, nb): padded column w = m*wq + ph
-    at [:, :, ph, wq, :].  One copy per phase and chunk, into zeros."""
+def _cols(p, j, t0, t1):
+    """(tw, n, w): the n tile columns tw, tw + 1, ... within [t0, t1) whose column offset j
+    (padded column m*tw + j) lies inside the input, the first at input column w (n may be 0)."""
+    g, m = p.g, p.m
+    lo = max(t0, -((j - g.pad) // m))                       # ceil((pad - j) / m)
+    hi = min(t1, (g.pad + g.W - 1 - j) // m + 1)
+    return lo, max(0, hi - lo), m * lo + j - g.pad
+
+
+def _tiled_grids(p, x):
+    """The zero-padded input of every chunk as (C, Hp, alpha, nTW, nb): padded column m*tw + j
+    at [:, :, j, tw, :], so that each tile column's alpha input columns lie side by side (the
+    grid is alpha/m times the padded input).  One copy per offset j and chunk, into zeros."""
     xp, g, m = p.xp, p.g, p.m
     src = xp.permute_dims(x, (1, 2, 3, 0))                                 # (C, H, W, N)
     grids = []
     for n0, nb in p.chunks():
-        grid = xp.zeros((g.C, p.Hp, m, p.Wq, nb), dtype=p.dtype, device=p.dev)
-        for ph in range(m):
-            w0 = g.pad + (ph - g.pad) % m      # the first padded column of phase ph inside the input
-            n = (g.pad + g.W - w0 + m - 1) // m
+        grid = xp.zeros((g.C, p.Hp, p.alpha, p.nTW, nb), dtype=p.dtype, device=p.dev)
+        for j in range(p.alpha):
+            tw, n, w = _cols(p, j, 0, p.nTW)
             if n > 0:
-                grid[:, g.pad:g.pad + g.H, ph, w0 // m:w0 // m + n, :] = src[:, :, _every(w0 - g.pad, n, m), n0:n0 + nb]
+                grid[:, g.pad:g.pad + g.H, j, tw:tw + n, :] = src[:, :, _every(w, n, m), n0:n0 + nb]
         grids.append(grid)
     return grids
 
 
 def _input_tiles(p, grid, th, bufs, V):
-    """V = BT d B of tile row ``th`` of one chunk's phased grid, written into V (T, C, nTW*nb),
-    tiles in (tile column, image) order."""
-    xp, C, a, m, nTW = p.xp, p.g.C, p.alpha, p.m, p.nTW
-    nb = grid.shape[4]
-    L1, L = m * p.Wq * nb, nTW * nb
-    R = p.view(bufs["R"], C, a, L1)
-    _mm(p, p.BT, xp.reshape(grid[:, m * th:m * th + a, ...], (C, a, L1)), R)   # rows: (C, k, ph*wq*n)
-    R5 = xp.reshape(R, (C, a, m, p.Wq, nb))
-    tmp = p.view(bufs["tmp"], C, a, L)
-    for k in range(a):
-        Vk = xp.permute_dims(V[k * a:(k + 1) * a, ...], (1, 0, 2))           # (C, l, L), a view
-        _mm(p, p.BT0, xp.reshape(R5[:, k, :, 0:nTW, :], (C, m, L)), Vk)          # offsets j < m
-        _mm(p, p.BT1, xp.reshape(R5[:, k, 0:a - m, 1:nTW + 1, :], (C, a - m, L)), tmp)   # j >= m
-        Vk += tmp
+    """V = BT d B of tile row ``th`` of one chunk's tiled grid, written into V (T, C, nTW*nb),
+    tiles in (tile column, image) order: two matmuls, rows then columns."""
+    xp, C, a, m = p.xp, p.g.C, p.alpha, p.m
+    L = p.nTW * grid.shape[4]
+    R = p.view(bufs["R"], C, a, a * L)
+    _mm(p, p.BT, xp.reshape(grid[:, m * th:m * th + a, ...], (C, a, a * L)), R)   # R[c, k, (j, L)]
+    # columns: V[k*a + l, c] = sum_j BT[l, j] R[c, k, j], batched over (c, k) into a view of V
+    _mm(p, p.BT, xp.reshape(R, (C, a, a, L)), xp.permute_dims(xp.reshape(V, (a, a, C, L)), (2, 0, 1, 3)))
     return V
 
 
@@ -218,10 +221,10 @@ def _output_tiles(p, M, th, n0, nb, y, bufs):
 
 
 def _shapes(p, nb):
-    """Per-block buffer shapes of the forward (R, V, tmp, M, Q, Y) for a chunk of nb images."""
+    """Per-block buffer shapes of the forward (R, V, M, Q, Y) for a chunk of nb images."""
     g, a, m, L = p.g, p.alpha, p.m, p.nTW * nb
-    return dict(R=lambda n: (g.C, a, m * p.Wq * n), V=lambda n: (p.T, g.C, p.nTW * n),
-                tmp=lambda n: (g.C, a, p.nTW * n), M=lambda n: (p.T, g.FN, p.nTW * n),
+    return dict(R=lambda n: (g.C, a, a * p.nTW * n), V=lambda n: (p.T, g.C, p.nTW * n),
+                M=lambda n: (p.T, g.FN, p.nTW * n),
                 Q=lambda n: (m, a * g.FN * p.nTW * n), Y=lambda n: (m, m, g.FN * p.nTW * n))
 
 
@@ -245,7 +248,7 @@ def blocked_forward(x, W, b, g, tile, chunk=None):
     """
     xp = namespace(x)
     p = _Plan(g, tile, x, chunk)
-    grids = _phased_grids(p, x)
+    grids = _tiled_grids(p, x)
     U = wg._filter_transform(W, p.G)                                     # (T, FN, C)
     bufs = p.buffers(p.chunk, **_shapes(p, p.chunk))
     y = p.empty(g.FN, g.OH, g.OW, g.N)
@@ -286,33 +289,42 @@ def _output_adjoint(p, Gd, th, n0, nb, bufs):
 
 
 def _input_adjoint(p, dV, th, dgrid, bufs):
-    """Add the adjoint of :func:`_input_tiles` of dV (T, C, nTW*nb) into tile row ``th`` of
-    the chunk's phased gradient grid dgrid (C, Hp, m, Wq, nb)."""
-    xp, C, a, m, nTW = p.xp, p.g.C, p.alpha, p.m, p.nTW
-    nb = dgrid.shape[4]
-    L1, L = m * p.Wq * nb, nTW * nb
-    dR = p.view(bufs["R"], C, a, m, p.Wq, nb)
-    t0, t1 = p.view(bufs["tmp"], C, m, L), p.view(bufs["tmp2"], C, a - m, L)
-    for k in range(a):
-        dVk = xp.permute_dims(dV[k * a:(k + 1) * a, ...], (1, 0, 2))          # (C, l, L)
-        _mm(p, p.B0, dVk, t0)                                                # offsets j < m
-        _mm(p, p.B1, dVk, t1)                                                # offsets j >= m
-        dR[:, k, :, 0:nTW, :] = xp.reshape(t0, (C, m, nTW, nb))
-        dR[:, k, :, nTW, :] = 0
-        dR[:, k, 0:a - m, 1:nTW + 1, :] += xp.reshape(t1, (C, a - m, nTW, nb))
-    rows = p.view(bufs["rows"], C, a, L1)
-    _mm(p, p.B, xp.reshape(dR, (C, a, L1)), rows)
-    dgrid[:, m * th:m * th + a, ...] += xp.reshape(rows, (C, a, m, p.Wq, nb))
+    """Write the adjoint of :func:`_input_tiles` of dV (T, C, nTW*nb) into tile row ``th`` of
+    the chunk's tiled gradient grid dgrid (C, Hp, alpha, nTW, nb), tile rows in order: its
+    first alpha - m rows are added to what the tile row above left there, the others assigned
+    (so dgrid needs no zeros)."""
+    xp, C, a, m = p.xp, p.g.C, p.alpha, p.m
+    L = p.nTW * dgrid.shape[4]
+    dR = p.view(bufs["R"], C, a, a, L)
+    _mm(p, p.B, xp.permute_dims(xp.reshape(dV, (a, a, C, L)), (2, 0, 1, 3)), dR)   # dR[c, k, j]
+    dR = xp.reshape(dR, (C, a, a * L))
+    r0 = m * th
+    _mm(p, p.B_own, dR, xp.reshape(dgrid[:, r0 + a - m:r0 + a, ...], (C, m, a * L)))
+    shared = xp.reshape(dgrid[:, r0:r0 + a - m, ...], (C, a - m, a * L))
+    if th == 0:
+        _mm(p, p.B_shared, dR, shared)
+    else:
+        part = p.view(bufs["shared"], C, a - m, a * L)
+        _mm(p, p.B_shared, dR, part)
+        shared += part
 
 
-def _unphase(p, dgrid, n0, dx):
-    """dx[..., n0:n0 + nb] (C, H, W, N) = the input part of the phased gradient grid."""
-    g, m = p.g, p.m
-    for ph in range(m):
-        w0 = g.pad + (ph - g.pad) % m
-        n = (g.pad + g.W - w0 + m - 1) // m
-        if n > 0:
-            dx[:, :, _every(w0 - g.pad, n, m), n0:n0 + dgrid.shape[4]] = dgrid[:, g.pad:g.pad + g.H, ph, w0 // m:w0 // m + n, :]
+def _untile(p, dgrid, n0, dx):
+    """dx[..., n0:n0 + nb] (C, H, W, N) = the input part of the tiled gradient grid, summed
+    over the tiles that share a column: offsets j < m reach every column left of padded column
+    m*nTW (assigned), offsets j >= m add onto those and assign the last tile column's rest."""
+    g, m, nb = p.g, p.m, dgrid.shape[4]
+    for j in range(p.alpha):
+        parts = [(0, p.nTW, False)] if j < m else [(0, p.nTW - 1, True), (p.nTW - 1, p.nTW, False)]
+        for t0, t1, add in parts:
+            tw, n, w = _cols(p, j, t0, t1)
+            if n == 0:
+                continue
+            src = dgrid[:, g.pad:g.pad + g.H, j, tw:tw + n, :]
+            if add:
+                dx[:, :, _every(w, n, m), n0:n0 + nb] += src
+            else:
+                dx[:, :, _every(w, n, m), n0:n0 + nb] = src
 
 
 def backward(dout, saved, W, need_dx=True):
@@ -339,13 +351,12 @@ def backward(dout, saved, W, need_dx=True):
         full[:, :g.OH, :g.OW, :] = Gd
         Gd = full
     shapes = _shapes(p, p.chunk)
-    shapes.update(tmp2=lambda n: (g.C, p.alpha - p.m, p.nTW * n), rows=shapes["R"],
-                  tmp=lambda n: (g.C, p.alpha, p.nTW * n))
+    shapes.update(shared=lambda n: (g.C, p.alpha - p.m, p.alpha * p.nTW * n))
     bufs = p.buffers(p.chunk, **shapes)
     dU, part = xp.zeros((p.T, g.FN, g.C), dtype=p.dtype, device=p.dev), p.empty(p.T, g.FN, g.C)
     dx = p.empty(g.C, g.H, g.W, g.N) if need_dx else None
     for ci, (n0, nb) in enumerate(p.chunks()):
-        dgrid = xp.zeros((g.C, p.Hp, p.m, p.Wq, nb), dtype=p.dtype, device=p.dev) if need_dx else None
+        dgrid = p.empty(g.C, p.Hp, p.alpha, p.nTW, nb) if need_dx else None
         for th in range(p.nTH):
             dM = _output_adjoint(p, Gd, th, n0, nb, bufs)
             if saved.kept is not None:
@@ -359,7 +370,7 @@ def backward(dout, saved, W, need_dx=True):
                 _mm(p, xp.matrix_transpose(saved.U), dM, dV)
                 _input_adjoint(p, dV, th, dgrid, bufs)
         if need_dx:
-            _unphase(p, dgrid, n0, dx)
+            _untile(p, dgrid, n0, dx)
     GG = wg._on(dout, wg._kron(p.G, p.G))                                # (T, 9)
     dW = xp.reshape(xp.matmul(xp.matrix_transpose(xp.reshape(dU, (p.T, g.FN * g.C))), GG), g.W_shape)
     return (None if dx is None else xp.permute_dims(dx, (3, 0, 1, 2))), dW, db
