@@ -243,6 +243,8 @@ BLOCK_CASES = [
     (3, 2, 8, 6, 2, 2, 2),          # pad 2: output 10x8
     (2, 2, 3, 3, 2, 0, 1),          # output 1x1
     (3, 2, 7, 7, 3, 1, None),       # the default chunk (all images at these sizes)
+    (3, 3, 8, 8, 2, 1, 2),          # output 8x8: whole tiles of 2 and of 4
+    (2, 2, 6, 8, 3, 1, None),       # output 6x8: whole tile columns, the last tile row of 4 cut
 ]
 BLOCK_IDS = ["N{}_C{}_{}x{}_FN{}_p{}_chunk{}".format(*c) for c in BLOCK_CASES]
 

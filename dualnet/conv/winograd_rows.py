@@ -175,14 +175,19 @@ def _cols(p, j, t0, t1):
 def _tiled_grids(p, x):
     """The zero-padded input of every chunk as (C, Hp, alpha, nTW, nb): padded column m*tw + j
     at [:, :, j, tw, :], so that each tile column's alpha input columns lie side by side (the
-    grid is alpha/m times the padded input).  One copy per offset j and chunk, into zeros."""
+    grid is alpha/m times the padded input).  One copy per offset j and chunk; only the
+    padding is zeroed."""
     xp, g, m = p.xp, p.g, p.m
     src = xp.permute_dims(x, (1, 2, 3, 0))                                 # (C, H, W, N)
     grids = []
     for n0, nb in p.chunks():
-        grid = xp.zeros((g.C, p.Hp, p.alpha, p.nTW, nb), dtype=p.dtype, device=p.dev)
+        grid = p.empty(g.C, p.Hp, p.alpha, p.nTW, nb)
+        grid[:, :g.pad, ...] = 0
+        grid[:, g.pad + g.H:, ...] = 0
         for j in range(p.alpha):
             tw, n, w = _cols(p, j, 0, p.nTW)
+            grid[:, g.pad:g.pad + g.H, j, :tw, :] = 0
+            grid[:, g.pad:g.pad + g.H, j, tw + n:, :] = 0
             if n > 0:
                 grid[:, g.pad:g.pad + g.H, j, tw:tw + n, :] = src[:, :, _every(w, n, m), n0:n0 + nb]
         grids.append(grid)
@@ -212,9 +217,12 @@ def _output_tiles(p, M, th, n0, nb, y, bufs):
     Y = p.view(bufs["Y"], m, m, g.FN * L)
     _mm(p, p.AT, xp.permute_dims(Q, (1, 0, 2)), Y)                           # (pp, q, FN*L)
     Y5 = xp.reshape(Y, (m, m, g.FN, nTW, nb))
-    for pp in range(m):
-        if m * th + pp >= g.OH:
-            continue
+    rows = min(m, g.OH - m * th)                          # output rows of this tile row inside OH
+    if g.OW == m * nTW:   # whole tile columns: one copy, y's columns split as (tile column, q)
+        dst = xp.reshape(y[:, m * th:m * th + rows, :, n0:n0 + nb], (g.FN, rows, nTW, m, nb))
+        dst[...] = xp.permute_dims(Y5[:rows, ...], (2, 0, 3, 1, 4))
+        return
+    for pp in range(rows):
         for q in range(m):
             cq = (g.OW - q + m - 1) // m                  # tile columns whose column q is inside OW
             if cq > 0:
@@ -279,9 +287,9 @@ def _output_adjoint(p, Gd, th, n0, nb, bufs):
     xp, g, a, m, nTW = p.xp, p.g, p.alpha, p.m, p.nTW
     L = nTW * nb
     dY = p.view(bufs["Y"], m, m, g.FN, nTW, nb)
-    for pp in range(m):
-        for q in range(m):
-            dY[pp, q, ...] = Gd[:, m * th + pp, _every(q, nTW, m), n0:n0 + nb]
+    # one copy: Gd's columns split as (tile column, q)
+    src = xp.reshape(Gd[:, m * th:m * th + m, :, n0:n0 + nb], (g.FN, m, nTW, m, nb))
+    xp.permute_dims(dY, (2, 0, 3, 1, 4))[...] = src
     dQ = p.view(bufs["Q"], m, a, g.FN * L)
     _mm(p, p.A, xp.reshape(dY, (m, m, g.FN * L)), dQ)                        # (pp, l, FN*L)
     dM = p.view(bufs["M"], p.T, g.FN, L)
@@ -346,7 +354,7 @@ def backward(dout, saved, W, need_dx=True):
     xp, g = namespace(dout), saved.g
     p = _Plan(g, saved.tile, dout, saved.chunk)
     Gd = xp.permute_dims(dout, (1, 2, 3, 0))                              # (FN, OH, OW, N)
-    db = xp.sum(Gd, axis=(1, 2, 3))
+    db = xp.zeros((g.FN,), dtype=p.dtype, device=p.dev)
     if g.OH % p.m or g.OW % p.m:   # whole tiles: the cut outputs get zero gradient
         full = xp.zeros((g.FN, p.m * p.nTH, p.m * p.nTW, g.N), dtype=p.dtype, device=p.dev)
         full[:, :g.OH, :g.OW, :] = Gd
@@ -360,6 +368,7 @@ def backward(dout, saved, W, need_dx=True):
         dgrid = p.empty(g.C, p.Hp, p.alpha, p.nTW, nb) if need_dx else None
         for th in range(p.nTH):
             dM = _output_adjoint(p, Gd, th, n0, nb, bufs)
+            db += xp.sum(dM[p.alpha + 1, ...], axis=1)   # product (1, 1) is every output's sum (A's row 1 is ones)
             if saved.kept is not None:
                 V = saved.kept[ci][th, ...]
             else:
