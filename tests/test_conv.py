@@ -161,19 +161,21 @@ def test_registry_dispatches_on_the_saved_method_name(monkeypatch):
         conv.register(types.ModuleType("half_done"))
 
 
-def test_auto_gives_3x3_layers_of_whole_4x4_tiles_to_blocked_winograd_on_the_host():
-    """The measured rule (docs/convolution.md): on the host, F(4x4, 3x3) a row of tiles at a
-    time for 3x3 stride-1 layers with >= 16 input channels and an output of whole 4x4 tiles;
-    "rows" where a border tile would be cut, for few channels, and for other filters; "gemm"
-    off the host."""
+def test_auto_gives_3x3_layers_with_channels_to_blocked_winograd_on_the_host():
+    """The measured rule (docs/convolution.md): on the host, Winograd a row of tiles at a time
+    for 3x3 stride-1 layers with >= 16 input channels: F(4x4, 3x3) unless its tiles cut by the
+    border cover over 1.5x the output, then F(2x2, 3x3); "rows" for few channels and for other
+    filters; "gemm" off the host."""
     def pick(C, H, FN, pad, host=True, F=3, stride=1):
         return conv.choose(conv.ConvGeometry.of((100, C, H, H), (FN, C, F, F), stride, pad), host)
     # DeepConvNet's six convolutions at 28x28 input
     assert [pick(1, 28, 16, 1), pick(16, 28, 16, 1), pick(16, 14, 32, 1), pick(32, 14, 32, 2),
-            pick(32, 8, 64, 1), pick(64, 8, 64, 1)] == ["rows", "winograd4_rows", "rows",
+            pick(32, 8, 64, 1), pick(64, 8, 64, 1)] == ["rows", "winograd4_rows", "winograd4_rows",
                                                          "winograd4_rows", "winograd4_rows", "winograd4_rows"]
     assert pick(8, 28, 16, 1) == "rows"                      # too few channels
-    assert pick(16, 28, 16, 2) == "rows"                     # output 30x30: border tiles cut
+    assert pick(16, 28, 16, 2) == "winograd4_rows"           # output 30x30: tiles cover 1.14x
+    assert pick(32, 10, 32, 1) == "winograd4_rows"           # output 10x10: 1.44x
+    assert pick(32, 6, 32, 1) == "winograd_rows"             # output 6x6: 1.78x, F(2x2) tiles it whole
     assert pick(16, 28, 16, 2, F=5) == "rows"                # not 3x3
     assert pick(16, 29, 16, 0, stride=2) == "gemm"           # strided
     assert pick(64, 8, 64, 1, host=False) == "gemm"          # launch-bound devices
