@@ -299,41 +299,48 @@ def _output_adjoint(p, Gd, th, n0, nb, bufs):
 
 def _input_adjoint(p, dV, th, dgrid, bufs):
     """Write the adjoint of :func:`_input_tiles` of dV (T, C, nTW*nb) into tile row ``th`` of
-    the chunk's tiled gradient grid dgrid (C, Hp, alpha, nTW, nb), tile rows in order: its
-    first alpha - m rows are added to what the tile row above left there, the others assigned
-    (so dgrid needs no zeros)."""
-    xp, C, a, m = p.xp, p.g.C, p.alpha, p.m
-    L = p.nTW * dgrid.shape[4]
+    the chunk's tiled gradient grid dgrid (C, Hp, alpha, nTW, nb), tile rows in order.  The
+    column offsets j >= m are first added onto the next tile column's offsets j - m (the same
+    padded columns, in cache), so the rows go to dgrid only for j < m and the last tile
+    column's j >= m (what :func:`_untile` reads)."""
+    xp, C, a, m, nTW = p.xp, p.g.C, p.alpha, p.m, p.nTW
+    nb = dgrid.shape[4]
+    L = nTW * nb
     dR = p.view(bufs["R"], C, a, a, L)
     _mm(p, p.B, xp.permute_dims(xp.reshape(dV, (a, a, C, L)), (2, 0, 1, 3)), dR)   # dR[c, k, j]
-    dR = xp.reshape(dR, (C, a, a * L))
-    r0 = m * th
-    _mm(p, p.B_own, dR, xp.reshape(dgrid[:, r0 + a - m:r0 + a, ...], (C, m, a * L)))
-    shared = xp.reshape(dgrid[:, r0:r0 + a - m, ...], (C, a - m, a * L))
+    dR5 = xp.reshape(dR, (C, a, a, nTW, nb))
+    if nTW > 1:
+        dR5[:, :, 0:a - m, 1:nTW, :] += dR5[:, :, m:a, 0:nTW - 1, :]
+    rows = dgrid[:, m * th:m * th + a, ...]
+    _rows_adjoint(p, xp.reshape(dR5[:, :, 0:m, ...], (C, a, m * L)),
+                  xp.reshape(rows[:, :, 0:m, ...], (C, a, m * L)), th, bufs)
+    for j in range(m, a):
+        _rows_adjoint(p, dR5[:, :, j, nTW - 1, :], rows[:, :, j, nTW - 1, :], th, bufs)
+
+
+def _rows_adjoint(p, src, dst, th, bufs):
+    """dst (C, alpha, X) of tile row ``th`` gets B @ src (C, alpha, X): its first alpha - m rows
+    added to what the tile row above left there, the others assigned (no zeroed grid)."""
+    a, m = p.alpha, p.m
+    _mm(p, p.B_own, src, dst[:, a - m:, :])
     if th == 0:
-        _mm(p, p.B_shared, dR, shared)
+        _mm(p, p.B_shared, src, dst[:, :a - m, :])
     else:
-        part = p.view(bufs["shared"], C, a - m, a * L)
-        _mm(p, p.B_shared, dR, part)
-        shared += part
+        part = p.view(bufs["shared"], src.shape[0], a - m, src.shape[2])
+        _mm(p, p.B_shared, src, part)
+        dst[:, :a - m, :] += part
 
 
 def _untile(p, dgrid, n0, dx):
-    """dx[..., n0:n0 + nb] (C, H, W, N) = the input part of the tiled gradient grid, summed
-    over the tiles that share a column: offsets j < m reach every column left of padded column
-    m*nTW (assigned), offsets j >= m add onto those and assign the last tile column's rest."""
+    """dx[..., n0:n0 + nb] (C, H, W, N) = the input part of the tiled gradient grid: offsets
+    j < m of every tile column (the sums over the tiles that share a column, see
+    :func:`_input_adjoint`), and offsets j >= m of the last tile column, whose columns no
+    other tile reaches."""
     g, m, nb = p.g, p.m, dgrid.shape[4]
     for j in range(p.alpha):
-        parts = [(0, p.nTW, False)] if j < m else [(0, p.nTW - 1, True), (p.nTW - 1, p.nTW, False)]
-        for t0, t1, add in parts:
-            tw, n, w = _cols(p, j, t0, t1)
-            if n == 0:
-                continue
-            src = dgrid[:, g.pad:g.pad + g.H, j, tw:tw + n, :]
-            if add:
-                dx[:, :, _every(w, n, m), n0:n0 + nb] += src
-            else:
-                dx[:, :, _every(w, n, m), n0:n0 + nb] = src
+        tw, n, w = _cols(p, j, 0, p.nTW) if j < m else _cols(p, j, p.nTW - 1, p.nTW)
+        if n > 0:
+            dx[:, :, _every(w, n, m), n0:n0 + nb] = dgrid[:, g.pad:g.pad + g.H, j, tw:tw + n, :]
 
 
 def backward(dout, saved, W, need_dx=True):
