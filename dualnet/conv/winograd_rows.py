@@ -217,16 +217,12 @@ def _output_tiles(p, M, th, n0, nb, y, bufs):
     Y = p.view(bufs["Y"], m, m, g.FN * L)
     _mm(p, p.AT, xp.permute_dims(Q, (1, 0, 2)), Y)                           # (pp, q, FN*L)
     Y5 = xp.reshape(Y, (m, m, g.FN, nTW, nb))
-    rows = min(m, g.OH - m * th)                          # output rows of this tile row inside OH
-    if g.OW == m * nTW:   # whole tile columns: one copy, y's columns split as (tile column, q)
-        dst = xp.reshape(y[:, m * th:m * th + rows, :, n0:n0 + nb], (g.FN, rows, nTW, m, nb))
-        dst[...] = xp.permute_dims(Y5[:rows, ...], (2, 0, 3, 1, 4))
-        return
-    for pp in range(rows):
-        for q in range(m):
-            cq = (g.OW - q + m - 1) // m                  # tile columns whose column q is inside OW
-            if cq > 0:
-                y[:, m * th + pp, _every(q, cq, m), n0:n0 + nb] = Y5[pp, q, :, :cq, :]
+    r0, rows, wt = m * th, min(m, g.OH - m * th), g.OW // m    # rows inside OH, whole tile columns
+    if wt:   # one copy, y's columns split as (tile column, q)
+        dst = xp.reshape(y[:, r0:r0 + rows, :m * wt, n0:n0 + nb], (g.FN, rows, wt, m, nb))
+        dst[...] = xp.permute_dims(Y5[:rows, :, :, :wt, :], (2, 0, 3, 1, 4))
+    for q in range(g.OW - m * wt):   # the columns of a last tile column cut by the border
+        y[:, r0:r0 + rows, m * wt + q, n0:n0 + nb] = xp.permute_dims(Y5[:rows, q, :, wt, :], (1, 0, 2))
 
 
 def _shapes(p, nb):
@@ -282,14 +278,21 @@ def blocked_forward(x, W, b, g, tile, chunk=None):
 
 
 def _output_adjoint(p, Gd, th, n0, nb, bufs):
-    """dM = A dY AT of tile row ``th`` of Gd (FN, m*nTH, m*nTW, N), the output gradient on whole
-    tiles: (T, FN, nTW*nb), the adjoint of :func:`_output_tiles`."""
+    """dM = A dY AT of tile row ``th`` of Gd (FN, OH, OW, N), the output gradient, zero past
+    OH and OW (tiles cut by the border): (T, FN, nTW*nb), the adjoint of :func:`_output_tiles`."""
     xp, g, a, m, nTW = p.xp, p.g, p.alpha, p.m, p.nTW
     L = nTW * nb
     dY = p.view(bufs["Y"], m, m, g.FN, nTW, nb)
-    # one copy: Gd's columns split as (tile column, q)
-    src = xp.reshape(Gd[:, m * th:m * th + m, :, n0:n0 + nb], (g.FN, m, nTW, m, nb))
-    xp.permute_dims(dY, (2, 0, 3, 1, 4))[...] = src
+    D = xp.permute_dims(dY, (2, 0, 3, 1, 4))                    # (FN, pp, tile column, q, nb)
+    r0, rows, wt = m * th, min(m, g.OH - m * th), g.OW // m
+    if rows < m:
+        D[:, rows:, ...] = 0
+    if wt < nTW:
+        D[:, :rows, wt:, ...] = 0
+    if wt:   # one copy: Gd's columns split as (tile column, q)
+        D[:, :rows, :wt, ...] = xp.reshape(Gd[:, r0:r0 + rows, :m * wt, n0:n0 + nb], (g.FN, rows, wt, m, nb))
+    for q in range(g.OW - m * wt):
+        D[:, :rows, wt, q, :] = Gd[:, r0:r0 + rows, m * wt + q, n0:n0 + nb]
     dQ = p.view(bufs["Q"], m, a, g.FN * L)
     _mm(p, p.A, xp.reshape(dY, (m, m, g.FN * L)), dQ)                        # (pp, l, FN*L)
     dM = p.view(bufs["M"], p.T, g.FN, L)
@@ -344,12 +347,12 @@ def _untile(p, dgrid, n0, dx):
 
 
 def backward(dout, saved, W, need_dx=True):
-    """Gradients of :func:`blocked_forward`, a row of tiles at a time (V rebuilt from the grid).
+    """Gradients of :func:`blocked_forward`, a row of tiles at a time (V kept or rebuilt).
 
     Parameters
     ----------
-    dout : array, shape (N, FN, OH, OW); batch-innermost (as the layers above hand back the
-        gradient of a CHWN output) is read without a copy when OH and OW are whole tiles
+    dout : array, shape (N, FN, OH, OW); read a tile row at a time (no padded copy), fastest
+        batch-innermost, as the layers above hand back the gradient of a CHWN output
     saved : WinogradRowsSaved
     W : array, shape (FN, C, 3, 3)
     need_dx : bool   False skips dx
@@ -362,10 +365,6 @@ def backward(dout, saved, W, need_dx=True):
     p = _Plan(g, saved.tile, dout, saved.chunk)
     Gd = xp.permute_dims(dout, (1, 2, 3, 0))                              # (FN, OH, OW, N)
     db = xp.zeros((g.FN,), dtype=p.dtype, device=p.dev)
-    if g.OH % p.m or g.OW % p.m:   # whole tiles: the cut outputs get zero gradient
-        full = xp.zeros((g.FN, p.m * p.nTH, p.m * p.nTW, g.N), dtype=p.dtype, device=p.dev)
-        full[:, :g.OH, :g.OW, :] = Gd
-        Gd = full
     shapes = _shapes(p, p.chunk)
     shapes.update(shared=lambda n: (g.C, p.alpha - p.m, p.alpha * p.nTW * n))
     bufs = p.buffers(p.chunk, **shapes)
