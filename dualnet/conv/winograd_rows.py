@@ -8,28 +8,30 @@ batch is cut into chunks of images (all of it unless one row of tiles would exce
 :data:`BLOCK_BYTES`) and the work done one row of tiles of a chunk at a time, so that the
 input transform, the alpha**2 products and the output transform of a block stay in cache:
 
-- the input is padded into a batch-innermost grid in *column phases*, (C, Hp, m, nTW + 1, nb):
-  padded column w = m*wq + ph sits at [:, :, ph, wq, :].  A tile row's alpha input rows are
-  then one slice, and each tile column offset j one slice [..., j % m, j // m + tw, :] whose
-  tiles and images are a single contiguous run;
-- input:    V = BT d B as small GEMMs against those slices: the row side one batched matmul
-  (alpha, alpha) @ (C, alpha, rows), the column side two per row of BT d (the offsets j < m
-  and j >= m are two evenly strided slices), written into buffers reused by every block;
+- the input is padded into a batch-innermost *tiled* grid, (C, Hp, alpha, nTW, nb): padded
+  column m*tw + j sits at [:, :, j, tw, :], so each tile column's alpha input columns lie side
+  by side (alpha/m times the padded input).  A tile row's alpha input rows are one slice;
+- input:    V = BT d B as two matmuls per block: the rows (alpha, alpha) @ (C, alpha, alpha*tiles),
+  then the columns, batched over (C, row), written into a view of V;
 - products: M = U @ V, one batched matmul (T, FN, C) @ (T, C, tiles*nb), the bias added to the
   one product every output reads with weight 1 (column 1 of AT is all ones);
-- output:   Y = AT M A as two matmuls, copied into the (FN, OH, OW, N) result (m*m strided
-  copies), returned as an (N, FN, OH, OW) view (``LAYOUT`` = CHWN, :mod:`dualnet.conv.layout`):
-  no transpose before or after, in a network of "rows"-ordered layers.
+- output:   Y = AT M A as two matmuls, each batched over the other tile index (one GEMM over all
+  of M, N = alpha*FN*tiles, ran at half the speed), copied into the (FN, OH, OW, N) result
+  with one copy per tile row (y's columns split as (tile column, q)), returned as an (N, FN,
+  OH, OW) view (``LAYOUT`` = CHWN, :mod:`dualnet.conv.layout`): no transpose before or after,
+  in a network of "rows"-ordered layers.
 
 Small GEMMs with the transform matrices replace elementwise combinations: a BLAS kernel reads
 each input once for all alpha outputs (measured: 2-3x faster than one ufunc per term here).
-Backward rebuilds V per block from the kept grid (no memory beyond the grid; keeping V, 4x the
-input for F(2x2, 3x3), saved ~6% in an earlier elementwise version of the transforms and
-was not re-measured), and per block computes dM = A dY AT, dU += dM @ V^T (dW, the Winograd
-correlation) and dV = U^T @ dM, whose adjoint input transform is added into a phased gradient
-grid, copied into dx once per chunk.  Registered as ``"winograd_rows"`` (F(2x2, 3x3)) and
-``"winograd4_rows"`` (F(4x4, 3x3), :mod:`.winograd4_rows`); where ``auto`` takes them on the
-host: docs/convolution.md.
+**Memory**: the forward keeps V of every block for backward while all of it fits
+:data:`KEEP_BYTES`, (alpha/m)**2 times the whole-tile input (2.25x the input for F(4x4, 3x3),
+4x for F(2x2, 3x3)), and then keeps no grid; above it backward rebuilds V per block from the
+kept grid (alpha/m times the padded input).  Per block backward computes dM = A dY AT,
+dU += dM @ V^T (dW, the Winograd correlation) and dV = U^T @ dM, whose adjoint input transform
+(the column offsets j >= m folded onto the next tile column in cache) is written into a tiled
+gradient grid, copied into dx once per chunk.  Registered as ``"winograd_rows"`` (F(2x2, 3x3))
+and ``"winograd4_rows"`` (F(4x4, 3x3), :mod:`.winograd4_rows`); where ``auto`` takes them on
+the host, and the measurements: docs/convolution.md.
 """
 from __future__ import annotations
 
@@ -56,14 +58,14 @@ than the cache misses it saves)."""
 KEEP_BYTES = 128 << 20
 """The forward keeps the input transform V of every block for backward when all of it takes at
 most this (V is (alpha/m)**2 the size of the whole-tile input: about 2.25x the input for
-F(4x4, 3x3), 4x for F(2x2, 3x3)); above it, backward rebuilds V from the phased grid, so that
+F(4x4, 3x3), 4x for F(2x2, 3x3)); above it, backward rebuilds V from the tiled grid, so that
 large images do not multiply the memory a training step holds."""
 
 
 class WinogradRowsSaved(NamedTuple):
-    """What :func:`backward` needs: the geometry, the phased input grid of every chunk of
-    images (:func:`_phased_grids`), the transformed filters U (T, FN, C), the tile m and the
-    images per chunk."""
+    """What :func:`backward` needs: the geometry, the tiled input grid of every chunk of images
+    (:func:`_tiled_grids`; None when V is kept), the transformed filters U (T, FN, C), the tile
+    m, the images per chunk and the kept V."""
     g: ConvGeometry
     grids: Any
     U: Any
@@ -87,7 +89,7 @@ def forward(x, W, b, g):
 
 class _Plan:
     """The constants of one layer: tile m, alpha = m + 2, T = alpha**2, the transforms as
-    arrays on the device, tile counts, the phased grid's shape, images per chunk, and whether
+    arrays on the device, tile counts, the tiled grid's shape, images per chunk, and whether
     results may be written with ``out=`` (the host; the array API has no ``out=``)."""
 
     def __init__(self, g, tile, x, chunk=None):
