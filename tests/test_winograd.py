@@ -357,3 +357,25 @@ def test_blocked_keeps_V_within_its_budget_and_rebuilds_it_above(device, rng, mo
             assert _rel(v, r) < 1e-10, (budget, name, _rel(v, r))
     for name, k, r in zip(("out", "dx", "dW", "db"), got[v_bytes], got[v_bytes - 1]):
         assert _rel(k, r) < 1e-13, (name, _rel(k, r))
+
+
+@pytest.mark.parametrize("tile", TILES)
+def test_blocked_plans_kept_on_the_host_follow_dtype_and_block(rng, monkeypatch, tile):
+    """The per-layer plan kept across calls is keyed by geometry, dtype and block budget: the
+    same layer in float64, float32 and float64 again, and with a budget that cuts the batch,
+    each gives its own dtype, chunking and the direct convolution's result."""
+    cpu = get_device("cpu")
+    x, Wt, b = _case(rng, 4, 3, 8, 8, 2)
+    dout = rng.standard_normal((4, 2, 8, 8))
+    want = _direct(cpu, x, Wt, b, dout, 1)
+    g = F.ConvGeometry.of(x.shape, Wt.shape, 1, 1)
+    for dtype, budget, tol in (("float64", wr.BLOCK_BYTES, 1e-10), ("float32", wr.BLOCK_BYTES, 2e-5),
+                               ("float64", 4096, 1e-10)):
+        monkeypatch.setattr(wr, "BLOCK_BYTES", budget)
+        a = [cpu.asarray(v, dtype) for v in (x, Wt, b, dout)]
+        out, saved = wr.blocked_forward(a[0], a[1], a[2], g, tile)
+        assert (saved.chunk < 4) == (budget == 4096)
+        got = [out, *wr.backward(a[3], saved, a[1])]
+        for name, v, r in zip(("out", "dx", "dW", "db"), got, want):
+            assert v.dtype == np.dtype(dtype), name
+            assert _rel(v.astype(np.float64), r) < tol, (dtype, budget, name, _rel(v.astype(np.float64), r))

@@ -106,6 +106,7 @@ class _Plan:
         # the adjoint of the row transform writes rows 0..alpha-m-1 of a tile row (shared with
         # the tile row above: added) apart from the others (first written: assigned)
         self.B_shared, self.B_own = self.B[:a - tile, ...], self.B[a - tile:, ...]
+        self.GG = None                                             # (T, 9): dW from dU, made by backward
         self.nTH, self.nTW = wg._tiles(g.OH, g.OW, tile)
         self.Hp = tile * self.nTH + 2
         self.chunk = max(1, min(int(chunk), g.N)) if chunk else self._chunk(xp.finfo(x.dtype).bits // 8)
@@ -146,6 +147,23 @@ class _Plan:
         for s in shape:
             n *= s
         return self.xp.reshape(buf[:n], shape)
+
+
+_PLANS = {}
+
+
+def _plan(g, tile, x, chunk=None):
+    """The :class:`_Plan` of a layer, kept across calls on the host (building one, its
+    transforms as arrays, costs ~70 us, paid twice per layer per step otherwise)."""
+    if array_device(x) != "cpu":
+        return _Plan(g, tile, x, chunk)
+    key = (g, tile, str(x.dtype), chunk, BLOCK_BYTES)
+    p = _PLANS.get(key)
+    if p is None:
+        if len(_PLANS) >= 64:
+            _PLANS.clear()
+        p = _PLANS[key] = _Plan(g, tile, x, chunk)
+    return p
 
 
 def _transposed(mat):
@@ -254,7 +272,7 @@ def blocked_forward(x, W, b, g, tile, chunk=None):
     saved : WinogradRowsSaved
     """
     xp = namespace(x)
-    p = _Plan(g, tile, x, chunk)
+    p = _plan(g, tile, x, chunk)
     grids = _tiled_grids(p, x)
     U = wg._filter_transform(W, p.G)                                     # (T, FN, C)
     bufs = p.buffers(p.chunk, **_shapes(p, p.chunk))
@@ -364,7 +382,7 @@ def backward(dout, saved, W, need_dx=True):
     dx : array (N, C, H, W), batch-innermost, or None;  dW : (FN, C, 3, 3);  db : (FN,)
     """
     xp, g = namespace(dout), saved.g
-    p = _Plan(g, saved.tile, dout, saved.chunk)
+    p = _plan(g, saved.tile, dout, saved.chunk)
     Gd = xp.permute_dims(dout, (1, 2, 3, 0))                              # (FN, OH, OW, N)
     db = xp.zeros((g.FN,), dtype=p.dtype, device=p.dev)
     shapes = _shapes(p, p.chunk)
@@ -389,6 +407,8 @@ def backward(dout, saved, W, need_dx=True):
                 _input_adjoint(p, dV, th, dgrid, bufs)
         if need_dx:
             _untile(p, dgrid, n0, dx)
-    GG = wg._on(dout, wg._kron(p.G, p.G))                                # (T, 9)
+    if p.GG is None:
+        p.GG = wg._on(dout, wg._kron(p.G, p.G))                           # (T, 9)
+    GG = p.GG
     dW = xp.reshape(xp.matmul(xp.matrix_transpose(xp.reshape(dU, (p.T, g.FN * g.C))), GG), g.W_shape)
     return (None if dx is None else xp.permute_dims(dx, (3, 0, 1, 2))), dW, db
