@@ -64,7 +64,7 @@ large images do not multiply the memory a training step holds."""
 
 class WinogradRowsSaved(NamedTuple):
     """What :func:`backward` needs: the geometry, the tiled input grid of every chunk of images
-    (:func:`_tiled_grids`; None when V is kept), the transformed filters U (T, FN, C), the tile
+    (:func:`_grid_rows`; None when V is kept), the transformed filters U (T, FN, C), the tile
     m, the images per chunk and the kept V."""
     g: ConvGeometry
     grids: Any
@@ -192,26 +192,25 @@ def _cols(p, j, t0, t1):
     return lo, max(0, hi - lo), m * lo + j - g.pad
 
 
-def _tiled_grids(p, x):
-    """The zero-padded input of every chunk as (C, Hp, alpha, nTW, nb): padded column m*tw + j
-    at [:, :, j, tw, :], so that each tile column's alpha input columns lie side by side (the
-    grid is alpha/m times the padded input).  One copy per offset j and chunk; only the
-    padding is zeroed."""
-    xp, g, m = p.xp, p.g, p.m
-    src = xp.permute_dims(x, (1, 2, 3, 0))                                 # (C, H, W, N)
-    grids = []
-    for n0, nb in p.chunks():
-        grid = p.empty(g.C, p.Hp, p.alpha, p.nTW, nb)
-        grid[:, :g.pad, ...] = 0
-        grid[:, g.pad + g.H:, ...] = 0
-        for j in range(p.alpha):
-            tw, n, w = _cols(p, j, 0, p.nTW)
-            grid[:, g.pad:g.pad + g.H, j, :tw, :] = 0
-            grid[:, g.pad:g.pad + g.H, j, tw + n:, :] = 0
-            if n > 0:
-                grid[:, g.pad:g.pad + g.H, j, tw:tw + n, :] = src[:, :, _every(w, n, m), n0:n0 + nb]
-        grids.append(grid)
-    return grids
+def _grid_rows(p, src, grid, n0, r0, r1):
+    """Fill padded rows [r0, r1) of one chunk's tiled grid (C, Hp, alpha, nTW, nb) from src
+    (C, H, W, N): padded column m*tw + j at [:, :, j, tw, :], so that each tile column's alpha
+    input columns lie side by side (the grid is alpha/m times the padded input).  One copy
+    per offset j; only the padding is zeroed.  The forward fills the rows a tile row needs
+    just before it, so that they are read back from cache."""
+    g, m, nb = p.g, p.m, grid.shape[4]
+    h0, h1 = max(r0, g.pad), min(r1, g.pad + g.H)          # the rows inside the input
+    if h0 >= h1:
+        grid[:, r0:r1, ...] = 0
+        return
+    grid[:, r0:h0, ...] = 0
+    grid[:, h1:r1, ...] = 0
+    for j in range(p.alpha):
+        tw, n, w = _cols(p, j, 0, p.nTW)
+        grid[:, h0:h1, j, :tw, :] = 0
+        grid[:, h0:h1, j, tw + n:, :] = 0
+        if n > 0:
+            grid[:, h0:h1, j, tw:tw + n, :] = src[:, h0 - g.pad:h1 - g.pad, _every(w, n, m), n0:n0 + nb]
 
 
 def _input_tiles(p, grid, th, bufs, V):
@@ -273,15 +272,17 @@ def blocked_forward(x, W, b, g, tile, chunk=None):
     """
     xp = namespace(x)
     p = _plan(g, tile, x, chunk)
-    grids = _tiled_grids(p, x)
+    src = xp.permute_dims(x, (1, 2, 3, 0))                                 # (C, H, W, N)
     U = wg._filter_transform(W, p.G)                                     # (T, FN, C)
     bufs = p.buffers(p.chunk, **_shapes(p, p.chunk))
     y = p.empty(g.FN, g.OH, g.OW, g.N)
     bias = xp.reshape(b, (g.FN, 1))
-    kept = [] if p.keeps_V() else None
-    for (n0, nb), grid in zip(p.chunks(), grids):
+    kept, grids = ([] if p.keeps_V() else None), []
+    for n0, nb in p.chunks():
         Vs = p.empty(p.nTH, p.T, g.C, p.nTW * nb) if kept is not None else None
+        grid = p.empty(g.C, p.Hp, p.alpha, p.nTW, nb)
         for th in range(p.nTH):
+            _grid_rows(p, src, grid, n0, 0 if th == 0 else p.m * th + 2, p.m * th + p.alpha)
             V = p.view(bufs["V"], p.T, g.C, p.nTW * nb) if Vs is None else Vs[th, ...]
             _input_tiles(p, grid, th, bufs, V)
             M = p.view(bufs["M"], p.T, g.FN, p.nTW * nb)
@@ -291,6 +292,8 @@ def blocked_forward(x, W, b, g, tile, chunk=None):
             _output_tiles(p, M, th, n0, nb, y, bufs)
         if kept is not None:
             kept.append(Vs)
+        else:
+            grids.append(grid)
     name = NAME if tile == 2 else NAME.replace("winograd", f"winograd{tile}")
     # with V kept, backward needs no grid: only the kept V outlives the forward
     saved = WinogradRowsSaved(g, None if kept is not None else grids, U, tile, p.chunk, name, kept)
