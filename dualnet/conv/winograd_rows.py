@@ -56,8 +56,8 @@ than the cache misses it saves)."""
 
 
 KEEP_BYTES = 128 << 20
-"""The forward keeps the input transform V of every block for backward when all of it takes at
-most this (V is (alpha/m)**2 the size of the whole-tile input: about 2.25x the input for
+"""The forward keeps the input transform V of every block for backward when all of it (one
+layer call's) takes at most this (V is (alpha/m)**2 the size of the whole-tile input: about 2.25x the input for
 F(4x4, 3x3), 4x for F(2x2, 3x3)); above it, backward rebuilds V from the tiled grid, so that
 large images do not multiply the memory a training step holds."""
 
