@@ -43,8 +43,9 @@ def sigmoid(x):
 
 
 def relu(x):
-    xp = namespace(x)
-    return xp.maximum(x, xp.zeros_like(x))
+    """max(x, 0) in one pass: a Python 0 takes ``x``'s dtype (integers stay integers), so no
+    array of zeros is made."""
+    return namespace(x).maximum(x, 0)
 
 
 def tanh(x):
@@ -255,15 +256,21 @@ def _pool_geometry(x, PH, PW, stride, pad, what):
             output_size(x.shape[3], PW, stride, pad, what))
 
 
-def max_pool2d(x, PH, PW, stride, pad=0):
+def max_pool2d(x, PH, PW, stride, pad=0, record=True):
     """Max pooling as elementwise maxima over PH*PW strided views.
 
     Cheaper than im2col followed by a max over a tiny last axis: every pass is
-    one contiguous elementwise op on (N, C, OH, OW).
+    one elementwise op on (N, C, OH, OW).  Where the windows tile the (padded) input, as
+    the usual 2x2 stride 2 pool on an even map does, and ``record`` is true, the forward
+    also records which offset of each window is its first maximum (:func:`_max_pool_tiled`),
+    so that the backward is one multiply.
 
     Parameters
     ----------
     x : array, shape (N, C, H, W)
+    record : bool
+        False (inference) skips the first-maximum mask; a backward from such a ``ctx`` routes
+        the gradient window offset by window offset instead, to the same result.
 
     Returns
     -------
@@ -273,6 +280,10 @@ def max_pool2d(x, PH, PW, stride, pad=0):
     xp = namespace(x)
     OH, OW = _pool_geometry(x, PH, PW, stride, pad, "max pooling")
     xpad = pad2d(x, pad, value=-math.inf)
+    tiles = stride == PH == PW and OH * PH == xpad.shape[2] and OW * PW == xpad.shape[3]
+    if record and tiles and PH * PW > 1:
+        out, mask = _max_pool_tiled(xpad, PH, PW, OH, OW)
+        return out, ("tiled", mask, out, tuple(x.shape), PH, PW, stride, pad)
     out = None
     for i in range(PH):
         for j in range(PW):
@@ -280,7 +291,71 @@ def max_pool2d(x, PH, PW, stride, pad=0):
             out = v if out is None else xp.maximum(out, v)
     if out is not None and PH * PW == 1:
         out = xp.asarray(out, copy=True)
-    return out, (xpad, out, tuple(x.shape), PH, PW, stride, pad)
+    return out, ("windows", xpad, out, tuple(x.shape), PH, PW, stride, pad)
+
+
+def _max_pool_tiled(xpad, PH, PW, OH, OW):
+    """Max over disjoint windows that tile ``xpad`` (N, C, OH*PH, OW*PW), and a boolean mask of
+    ``xpad``'s shape (and memory order) that is True at each window's first maximal offset.
+
+    A running maximum over the offsets in row-major order; offset k "takes the lead" where
+    the new running maximum is strictly above the old (a tie keeps the earlier offset).  The
+    first maximum of a window is the last offset that took the lead there, or offset 0 if
+    none did.  Comparing the running maxima, fresh arrays, instead of the strided window
+    views gives the same booleans at a contiguous pass each.
+
+    Returns
+    -------
+    out : array, shape (N, C, OH, OW)
+    mask : bool array, shape (N, C, OH*PH, OW*PW)
+    """
+    xp = namespace(xpad)
+    out, leads = None, []
+    for k in range(PH * PW):
+        v = _window(xpad, *divmod(k, PW), OH, OW, PH)
+        if out is None:
+            out = v
+        else:
+            new = xp.maximum(out, v)
+            leads.append(new > out)   # leads[k - 1] belongs to offset k
+            out = new
+    # ``*_like`` keeps the memory order of the input on NumPy (order "K"): a batch-innermost
+    # map gets a batch-innermost mask, and so a batch-innermost gradient.
+    mask = xp.empty_like(xpad, dtype=xp.bool)
+    later = None   # where some offset after the current one took the lead
+    for k in range(PH * PW - 1, -1, -1):
+        sl = _window_index(*divmod(k, PW), OH, OW, PH)
+        if later is None:
+            mask[sl] = later = leads[k - 1]
+        elif k > 0:
+            mask[sl] = leads[k - 1] & ~later
+            later = later | leads[k - 1]
+        else:
+            mask[sl] = ~later
+    return out, mask
+
+
+def _axis_order(a):
+    """Axes of ``a`` of more than one element, outermost in memory first; None where the
+    array does not expose its strides (array_api_strict)."""
+    strides = getattr(a, "strides", None)
+    if strides is None:
+        return None
+    return sorted((k for k in range(a.ndim) if a.shape[k] > 1), key=lambda k: -strides[k])
+
+
+def _in_order_of(a, like):
+    """``a``, copied into the memory order of ``like`` (same shape) where its own differs.
+
+    An elementwise operation on operands of two memory orders walks one of them across its
+    strides at every element; one copy of the smaller array puts that transpose in one pass
+    (the gradient of a flattened map comes back in C order while the map was batch-innermost).
+    """
+    if _axis_order(a) == _axis_order(like):
+        return a
+    out = namespace(a).empty_like(like, dtype=a.dtype)
+    out[...] = a
+    return out
 
 
 def max_pool2d_backward(dout, ctx):
@@ -292,8 +367,27 @@ def max_pool2d_backward(dout, ctx):
     -------
     dx : array, shape (N, C, H, W)
     """
+    if ctx[0] == "tiled":
+        return _max_pool_tiled_backward(dout, ctx)
+    return _max_pool_windows_backward(dout, ctx)
+
+
+def _max_pool_tiled_backward(dout, ctx):
+    """One broadcast multiply: (N, C, OH, PH, OW, PW) mask by (N, C, OH, 1, OW, 1) ``dout``."""
     xp = namespace(dout)
-    xpad, out, x_shape, PH, PW, stride, pad = ctx
+    _, mask, out, x_shape, PH, PW, _, pad = ctx
+    N, C, H, W = x_shape
+    OH, OW = dout.shape[2], dout.shape[3]
+    dout = _in_order_of(dout, out)   # the product takes the mask's order only if dout shares it
+    m = xp.astype(xp.reshape(mask, (N, C, OH, PH, OW, PW)), dout.dtype)
+    dxpad = xp.reshape(m * xp.reshape(dout, (N, C, OH, 1, OW, 1)), (N, C, OH * PH, OW * PW))
+    return dxpad[:, :, pad:pad + H, pad:pad + W] if pad else dxpad
+
+
+def _max_pool_windows_backward(dout, ctx):
+    """The backward of windows that overlap, leave input rows unreached or were not recorded."""
+    xp = namespace(dout)
+    _, xpad, out, x_shape, PH, PW, stride, pad = ctx
     N, C, H, W = x_shape
     OH, OW = dout.shape[2], dout.shape[3]
     disjoint = stride >= PH and stride >= PW

@@ -324,6 +324,39 @@ def test_max_pool_backward_first_tie_on_quantized_inputs(device, rng, H, PH, PW,
                                atol=1e-12)
 
 
+@pytest.mark.parametrize("H,P,pad", [(8, 2, 0), (6, 2, 1), (9, 3, 0), (8, 4, 0)])
+def test_max_pool_first_max_mask_matches_window_routing(device, rng, H, P, pad):
+    """Windows that tile the padded input: the forward's first-maximum mask (one multiply
+    backward) and the offset-by-offset routing of an unrecorded forward give the same dx,
+    the first maximum of each window in row-major order, on inputs full of ties."""
+    x = np.maximum(rng.integers(-2, 3, (2, 3, H, H + P)), 0).astype(float)
+    x[0, 0, :P, :P] = 1.0   # a window all of one value
+    xd = device.asarray(x, "float64")
+    out, ctx = F.max_pool2d(xd, P, P, P, pad)
+    out2, ctx2 = F.max_pool2d(xd, P, P, P, pad, record=False)
+    assert (ctx[0], ctx2[0]) == ("tiled", "windows")   # both routes are the ones under test
+    np.testing.assert_array_equal(device.to_numpy(out), device.to_numpy(out2))
+    dout = device.asarray(rng.standard_normal(tuple(out.shape)), "float64")
+    dx, dx2 = (device.to_numpy(F.max_pool2d_backward(dout, c)) for c in (ctx, ctx2))
+    np.testing.assert_array_equal(dx, dx2)
+    np.testing.assert_allclose(dx, max_pool_backward_reference(x, device.to_numpy(dout), P, P, P, pad),
+                               atol=1e-12)
+
+
+def test_max_pool_gradient_keeps_a_batch_innermost_order_for_a_c_order_dout():
+    """The gradient of a flattened map comes back in C order while the pooled map was
+    batch-innermost: dx still comes out batch-innermost (dout is put in that order once), with
+    the values of a C-order input.  A performance property, read back from NumPy's strides."""
+    rng = np.random.default_rng(2)
+    x = np.round(rng.standard_normal((5, 3, 8, 8)), 1)
+    xb = np.permute_dims(np.ascontiguousarray(np.permute_dims(x, (1, 2, 3, 0))), (3, 0, 1, 2))
+    dout = rng.standard_normal((5, 3, 4, 4))
+    dx = F.max_pool2d_backward(dout, F.max_pool2d(xb, 2, 2, 2)[1])
+    assert conv.layout_of(dx) == conv.CHWN, dx.strides
+    np.testing.assert_array_equal(dx, F.max_pool2d_backward(dout, F.max_pool2d(x, 2, 2, 2)[1]))
+    np.testing.assert_allclose(dx, max_pool_backward_reference(x, dout, 2, 2, 2, 0), atol=1e-12)
+
+
 def test_shift_flip_matches_a_per_image_loop(device, rng):
     """Random shifts with zero fill and left-right flips, checked image by image with NumPy."""
     N, C, H, W, pad = 5, 2, 6, 7, 2
@@ -359,7 +392,7 @@ def test_rows_layout_survives_relu_and_pooling():
     out, saved = conv.conv2d(x, W, np.zeros(5, np.float32), 1, 1, method="rows")
     relu, pool = ReLU(), MaxPooling(2, 2, 2)
     assert conv.METHODS["rows"].LAYOUT == conv.CHWN and relu.keeps_layout and pool.keeps_layout
-    y = pool.forward(relu.forward(out))
+    y = pool.forward(relu.forward(out, train=True), train=True)
     d = relu.backward(pool.backward(np.ones(y.shape, np.float32)))
     dx = conv.conv2d_backward(d, saved, W)[0]
     for name, a in (("conv out", out), ("pooled", y), ("pool dx", d), ("conv dx", dx)):
