@@ -399,6 +399,25 @@ def test_rows_layout_survives_relu_and_pooling():
         assert conv.layout_of(a) == conv.CHWN, (name, a.strides)
 
 
+def test_affine_gives_a_batch_innermost_input_its_gradient_in_that_order():
+    """Affine on a batch-innermost map returns dx in that order (and in C order for a C-order
+    input), with the same values either way, so the ReLU and pooling before it see operands
+    of one memory order.  A performance property, read back from NumPy's strides."""
+    from dualnet.layers import Affine
+    rng = np.random.default_rng(3)
+    x = np.transpose(rng.standard_normal((3, 4, 4, 5)), (3, 0, 1, 2))   # (N, C, H, W), CHWN order
+    dout = rng.standard_normal((5, 7))
+    grads = []
+    for xin, want in ((x, conv.CHWN), (np.ascontiguousarray(x), conv.NCHW)):
+        layer = Affine(48, 7, dtype="float64", seed=0)
+        layer.forward(xin, train=True)
+        dx = layer.backward(dout)
+        assert conv.layout_of(dx) == want, dx.strides
+        grads.append((dx, layer.grads["W"]))
+    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-12, atol=1e-12)
+
+
 def test_layers_that_declare_keeping_the_layout_keep_it():
     """Every layer declaring ``keeps_layout`` returns batch-innermost output and input gradient
     for a batch-innermost input; every method returns the LAYOUT it declares."""
