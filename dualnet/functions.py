@@ -298,11 +298,12 @@ def _max_pool_tiled(xpad, PH, PW, OH, OW):
     """Max over disjoint windows that tile ``xpad`` (N, C, OH*PH, OW*PW), and a boolean mask of
     ``xpad``'s shape (and memory order) that is True at each window's first maximal offset.
 
-    A running maximum over the offsets in row-major order; offset k "takes the lead" where
-    the new running maximum is strictly above the old (a tie keeps the earlier offset).  The
-    first maximum of a window is the last offset that took the lead there, or offset 0 if
-    none did.  Comparing the running maxima, fresh arrays, instead of the strided window
-    views gives the same booleans at a contiguous pass each.
+    A running maximum over the offsets in row-major order never decreases, so the first
+    maximum is the offset at which it first equals the window's maximum: offset k's mask is
+    (running max at k == max) XOR (running max at k-1 == max), one operation each, the
+    running maxima being fresh, contiguous arrays (only offset 0's compare reads a strided
+    view).  A window holding NaN equals nothing and gets no gradient, as in the routing of
+    :func:`_max_pool_windows_backward`.
 
     Returns
     -------
@@ -310,28 +311,20 @@ def _max_pool_tiled(xpad, PH, PW, OH, OW):
     mask : bool array, shape (N, C, OH*PH, OW*PW)
     """
     xp = namespace(xpad)
-    out, leads = None, []
+    run = []   # run[k]: the running maximum over offsets 0..k
     for k in range(PH * PW):
         v = _window(xpad, *divmod(k, PW), OH, OW, PH)
-        if out is None:
-            out = v
-        else:
-            new = xp.maximum(out, v)
-            leads.append(new > out)   # leads[k - 1] belongs to offset k
-            out = new
+        run.append(v if not run else xp.maximum(run[-1], v))
+    out = run[-1]
     # ``*_like`` keeps the memory order of the input on NumPy (order "K"): a batch-innermost
     # map gets a batch-innermost mask, and so a batch-innermost gradient.
     mask = xp.empty_like(xpad, dtype=xp.bool)
-    later = None   # where some offset after the current one took the lead
-    for k in range(PH * PW - 1, -1, -1):
+    reached = None   # where the running maximum at the offset before had reached the maximum
+    for k in range(PH * PW):
+        now = run[k] == out
         sl = _window_index(*divmod(k, PW), OH, OW, PH)
-        if later is None:
-            mask[sl] = later = leads[k - 1]
-        elif k > 0:
-            mask[sl] = leads[k - 1] & ~later
-            later = later | leads[k - 1]
-        else:
-            mask[sl] = ~later
+        mask[sl] = now if reached is None else now ^ reached
+        reached = now
     return out, mask
 
 
