@@ -343,6 +343,20 @@ def test_max_pool_first_max_mask_matches_window_routing(device, rng, H, P, pad):
                                atol=1e-12)
 
 
+def test_max_pool_window_holding_nan_gets_no_gradient_on_either_route(device):
+    """A NaN equals nothing, so a window holding one routes no gradient, recorded or not;
+    the other windows are unaffected."""
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    x[0, 0, 1, 0] = np.nan
+    dout = device.asarray(np.ones((1, 1, 2, 2)), "float64")
+    for record in (True, False):
+        _, ctx = F.max_pool2d(device.asarray(x, "float64"), 2, 2, 2, record=record)
+        dx = device.to_numpy(F.max_pool2d_backward(dout, ctx))[0, 0]
+        want = np.zeros((4, 4))
+        want[1, 3] = want[3, 1] = want[3, 3] = 1.0
+        np.testing.assert_array_equal(dx, want)
+
+
 def test_max_pool_gradient_keeps_a_batch_innermost_order_for_a_c_order_dout():
     """The gradient of a flattened map comes back in C order while the pooled map was
     batch-innermost: dx still comes out batch-innermost (dout is put in that order once), with
