@@ -123,8 +123,8 @@ class MaxPooling(_Pooling):
         Then the backward is one broadcast multiply, fewer operations: a win on a launch-bound
         device, and on the host for a batch-innermost map ("rows" output).  On the host a map in
         C order has W innermost, so that multiply runs inner loops of PW elements and the
-        mask's writes stride across the rows: routing offset by offset is as fast there, with
-        nothing to record (measured in docs/convolution.md, "Smaller choices")."""
+        mask's writes stride by PW elements: routing offset by offset is faster there
+        (measured in docs/convolution.md, "Smaller choices")."""
         return train and not (self.device.is_host and conv.layout_of(x) == conv.NCHW)
 
     def forward(self, x, train=False):
