@@ -281,6 +281,9 @@ def max_pool2d(x, PH, PW, stride, pad=0, record=True):
     OH, OW = _pool_geometry(x, PH, PW, stride, pad, "max pooling")
     xpad = pad2d(x, pad, value=-math.inf)
     tiles = stride == PH == PW and OH * PH == xpad.shape[2] and OW * PW == xpad.shape[3]
+    if record and tiles and PH == 2 and _c_order(xpad):
+        out, leads = _max_pool_2x2_rows(xpad)
+        return out, ("2x2 rows", leads, tuple(x.shape), pad)
     if record and tiles and PH * PW > 1:
         out, mask = _max_pool_tiled(xpad, PH, PW, OH, OW)
         return out, ("tiled", mask, out, tuple(x.shape), PH, PW, stride, pad)
@@ -328,6 +331,49 @@ def _max_pool_tiled(xpad, PH, PW, OH, OW):
     return out, mask
 
 
+def _max_pool_2x2_rows(xpad):
+    """2x2 stride-2 max of a C-order ``xpad`` (N, C, H, W), H and W even, in two stages: the
+    maximum of each column pair, then of each row pair of those.  Where a stage's second
+    operand is strictly larger it "leads"; a tie keeps the first, so the winner (the second
+    row where the row stage led, then the second column of that row where its column pair
+    led) is the window's first maximum in row-major order.
+
+    Half the work of each stage runs on contiguous rows, where the running maximum over the
+    four offsets of :func:`_max_pool_tiled` reads every element at a stride of 2 (and its
+    mask's multiply runs inner loops of 2 elements in C order).
+
+    Returns
+    -------
+    out : array, shape (N, C, H/2, W/2)
+    leads : (bool (N, C, H, W/2): the column stage's, bool (N, C, H/2, W/2): the row stage's)
+    """
+    xp = namespace(xpad)
+    c0, c1 = xpad[:, :, :, 0::2], xpad[:, :, :, 1::2]
+    cols = xp.maximum(c0, c1)
+    r0, r1 = cols[:, :, 0::2, :], cols[:, :, 1::2, :]
+    return xp.maximum(r0, r1), (c1 > c0, r1 > r0)
+
+
+def _max_pool_2x2_rows_backward(dout, ctx):
+    """Split ``dout`` (N, C, OH, OW) between the rows of each window, then between the columns
+    of each row, each split one multiply and one subtraction; interleaving the halves is
+    one ``stack`` whose C-order result is the finer grid (a reshape, no copy)."""
+    xp = namespace(dout)
+    _, (col_lead, row_lead), (N, C, H, W), pad = ctx
+    OH, OW = dout.shape[2], dout.shape[3]
+    second = dout * xp.astype(row_lead, dout.dtype)
+    rows = xp.reshape(xp.stack([dout - second, second], axis=3), (N, C, 2 * OH, OW))
+    second = rows * xp.astype(col_lead, dout.dtype)
+    dxpad = xp.reshape(xp.stack([rows - second, second], axis=4), (N, C, 2 * OH, 2 * OW))
+    return dxpad[:, :, pad:pad + H, pad:pad + W] if pad else dxpad
+
+
+def _c_order(a):
+    """Whether ``a`` is laid out in C order, or does not say (array_api_strict)."""
+    order = _axis_order(a)
+    return order is None or order == sorted(order)
+
+
 def _axis_order(a):
     """Axes of ``a`` of more than one element, outermost in memory first; None where the
     array does not expose its strides (array_api_strict)."""
@@ -362,6 +408,8 @@ def max_pool2d_backward(dout, ctx):
     """
     if ctx[0] == "tiled":
         return _max_pool_tiled_backward(dout, ctx)
+    if ctx[0] == "2x2 rows":
+        return _max_pool_2x2_rows_backward(dout, ctx)
     return _max_pool_windows_backward(dout, ctx)
 
 

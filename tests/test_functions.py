@@ -325,36 +325,55 @@ def test_max_pool_backward_first_tie_on_quantized_inputs(device, rng, H, PH, PW,
 
 
 @pytest.mark.parametrize("H,P,pad", [(8, 2, 0), (6, 2, 1), (9, 3, 0), (8, 4, 0)])
-def test_max_pool_first_max_mask_matches_window_routing(device, rng, H, P, pad):
-    """Windows that tile the padded input: the forward's first-maximum mask (one multiply
-    backward) and the offset-by-offset routing of an unrecorded forward give the same dx,
-    the first maximum of each window in row-major order, on inputs full of ties."""
+def test_max_pool_recorded_routes_match_window_routing(device, rng, H, P, pad):
+    """Windows that tile the padded input: what the forward records (the two-stage leads of a
+    2x2 pool in C order, the first-maximum mask otherwise, as of a batch-innermost map on the
+    host) and the offset-by-offset routing of an unrecorded forward give the same dx, the
+    first maximum of each window in row-major order, on inputs full of ties."""
     x = np.maximum(rng.integers(-2, 3, (2, 3, H, H + P)), 0).astype(float)
     x[0, 0, :P, :P] = 1.0   # a window all of one value
-    xd = device.asarray(x, "float64")
-    out, ctx = F.max_pool2d(xd, P, P, P, pad)
-    out2, ctx2 = F.max_pool2d(xd, P, P, P, pad, record=False)
-    assert (ctx[0], ctx2[0]) == ("tiled", "windows")   # both routes are the ones under test
-    np.testing.assert_array_equal(device.to_numpy(out), device.to_numpy(out2))
-    dout = device.asarray(rng.standard_normal(tuple(out.shape)), "float64")
-    dx, dx2 = (device.to_numpy(F.max_pool2d_backward(dout, c)) for c in (ctx, ctx2))
-    np.testing.assert_array_equal(dx, dx2)
-    np.testing.assert_allclose(dx, max_pool_backward_reference(x, device.to_numpy(dout), P, P, P, pad),
-                               atol=1e-12)
+    inputs = [device.asarray(x, "float64")]
+    if device.is_host:   # the (N, C, H, W) view of a C-order (C, H, W, N) array
+        inputs.append(np.permute_dims(np.ascontiguousarray(np.permute_dims(x, (1, 2, 3, 0))), (3, 0, 1, 2)))
+    dout = rng.standard_normal((2, 3, (H + 2 * pad) // P, (H + P + 2 * pad) // P))
+    want = max_pool_backward_reference(x, dout, P, P, P, pad)
+    routes = set()
+    for xd in inputs:
+        out, ctx = F.max_pool2d(xd, P, P, P, pad)
+        out2, ctx2 = F.max_pool2d(xd, P, P, P, pad, record=False)
+        routes.add(ctx[0])
+        assert ctx2[0] == "windows"
+        np.testing.assert_array_equal(device.to_numpy(out), device.to_numpy(out2))
+        d = device.asarray(dout, "float64")
+        dx, dx2 = (device.to_numpy(F.max_pool2d_backward(d, c)) for c in (ctx, ctx2))
+        np.testing.assert_array_equal(dx, dx2)
+        np.testing.assert_allclose(dx, want, atol=1e-12)
+    # every recorded route was taken (padding makes a new C-order array of either input)
+    if P != 2:
+        assert routes == {"tiled"}
+    else:
+        assert routes == ({"2x2 rows", "tiled"} if device.is_host and pad == 0 else {"2x2 rows"})
 
 
-def test_max_pool_window_holding_nan_gets_no_gradient_on_either_route(device):
-    """A NaN equals nothing, so a window holding one routes no gradient, recorded or not;
-    the other windows are unaffected."""
+def test_max_pool_window_holding_nan_leaves_the_other_windows_alone(device):
+    """A NaN compares false with everything: its window's gradient goes to at most one of its
+    elements (which one depends on the route), and every other window's is exact."""
     x = np.arange(16.0).reshape(1, 1, 4, 4)
     x[0, 0, 1, 0] = np.nan
-    dout = device.asarray(np.ones((1, 1, 2, 2)), "float64")
-    for record in (True, False):
-        _, ctx = F.max_pool2d(device.asarray(x, "float64"), 2, 2, 2, record=record)
-        dx = device.to_numpy(F.max_pool2d_backward(dout, ctx))[0, 0]
-        want = np.zeros((4, 4))
-        want[1, 3] = want[3, 1] = want[3, 3] = 1.0
-        np.testing.assert_array_equal(dx, want)
+    inputs = [device.asarray(x, "float64")]
+    if device.is_host:   # batch-innermost: the first-maximum mask's route
+        inputs.append(np.permute_dims(np.ascontiguousarray(np.permute_dims(x, (1, 2, 3, 0))), (3, 0, 1, 2)))
+    dout = device.asarray(np.full((1, 1, 2, 2), 2.0), "float64")
+    want = np.zeros((4, 4))
+    want[1, 3] = want[3, 1] = want[3, 3] = 2.0
+    for xd in inputs:
+        for record in (True, False):
+            _, ctx = F.max_pool2d(xd, 2, 2, 2, record=record)
+            dx = device.to_numpy(F.max_pool2d_backward(dout, ctx))[0, 0]
+            np.testing.assert_array_equal(dx[:, 2:], want[:, 2:])
+            np.testing.assert_array_equal(dx[2:, :2], want[2:, :2])
+            nan_window = dx[:2, :2]
+            assert np.count_nonzero(nan_window) <= 1 and np.sum(nan_window) in (0.0, 2.0), (record, nan_window)
 
 
 def test_max_pool_gradient_keeps_a_batch_innermost_order_for_a_c_order_dout():

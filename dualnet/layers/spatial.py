@@ -117,25 +117,15 @@ class MaxPooling(_Pooling):
     def keeps_layout(self):
         return self.pad == 0 and not self.same   # a padded input is a new array in C order
 
-    def _record(self, x, train):
-        """Whether the forward records the first maximum of each window (``F.max_pool2d``).
-
-        Then the backward is one broadcast multiply, fewer operations: a win on a launch-bound
-        device, and on the host for a batch-innermost map ("rows" output).  On the host a map in
-        C order has W innermost, so that multiply runs inner loops of PW elements and the
-        mask's writes stride by PW elements: routing offset by offset is faster there
-        (measured in docs/convolution.md, "Smaller choices")."""
-        return train and not (self.device.is_host and conv.layout_of(x) == conv.NCHW)
-
     def forward(self, x, train=False):
         if not self.same:
-            out, self.ctx = F.max_pool2d(x, self.PH, self.PW, self.stride, self.pad, self._record(x, train))
+            out, self.ctx = F.max_pool2d(x, self.PH, self.PW, self.stride, self.pad, record=train)
             return out
         N, C, H, W = x.shape
         rows, cols, top, left = self._same_geometry(H, W)
         self.x_shape, self.offset = tuple(x.shape), (top, left)
         xpad = _place(x, (N, C, rows, cols), top, left, -math.inf)
-        out, self.ctx = F.max_pool2d(xpad, self.PH, self.PW, self.stride, 0, self._record(xpad, train))
+        out, self.ctx = F.max_pool2d(xpad, self.PH, self.PW, self.stride, 0, record=train)
         return out
 
     def backward(self, dout):
