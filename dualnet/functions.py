@@ -262,14 +262,16 @@ def max_pool2d(x, PH, PW, stride, pad=0, record=True):
     Cheaper than im2col followed by a max over a tiny last axis: every pass is
     one elementwise op on (N, C, OH, OW).  Where the windows tile the (padded) input, as
     the usual 2x2 stride 2 pool on an even map does, and ``record`` is true, the forward
-    also records which offset of each window is its first maximum (:func:`_max_pool_tiled`),
-    so that the backward is one multiply.
+    also records where each window's first maximum is, so that the backward is a few large
+    operations: for a 2x2 pool of a C-order map (every map on a GPU) two stages of leads
+    (:func:`_max_pool_2x2_rows`), else a first-maximum mask of the input's shape and memory
+    order (:func:`_max_pool_tiled`; a batch-innermost map on the host).
 
     Parameters
     ----------
     x : array, shape (N, C, H, W)
     record : bool
-        False (inference) skips the first-maximum mask; a backward from such a ``ctx`` routes
+        False (inference) records nothing; a backward from such a ``ctx`` routes
         the gradient window offset by window offset instead, to the same result.
 
     Returns
