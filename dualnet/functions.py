@@ -43,8 +43,9 @@ def sigmoid(x):
 
 
 def relu(x):
-    xp = namespace(x)
-    return xp.maximum(x, xp.zeros_like(x))
+    """max(x, 0) in one pass: a Python 0 takes ``x``'s dtype (integers stay integers), so no
+    array of zeros is made."""
+    return namespace(x).maximum(x, 0)
 
 
 def tanh(x):
@@ -255,15 +256,23 @@ def _pool_geometry(x, PH, PW, stride, pad, what):
             output_size(x.shape[3], PW, stride, pad, what))
 
 
-def max_pool2d(x, PH, PW, stride, pad=0):
+def max_pool2d(x, PH, PW, stride, pad=0, record=True):
     """Max pooling as elementwise maxima over PH*PW strided views.
 
     Cheaper than im2col followed by a max over a tiny last axis: every pass is
-    one contiguous elementwise op on (N, C, OH, OW).
+    one elementwise op on (N, C, OH, OW).  Where the windows tile the (padded) input, as
+    the usual 2x2 stride 2 pool on an even map does, and ``record`` is true, the forward
+    also records where each window's first maximum is, so that the backward is a few large
+    operations: for a 2x2 pool of a C-order map (every map on a GPU) two stages of leads
+    (:func:`_max_pool_2x2_rows`), else a first-maximum mask of the input's shape and memory
+    order (:func:`_max_pool_tiled`; a batch-innermost map on the host).
 
     Parameters
     ----------
     x : array, shape (N, C, H, W)
+    record : bool
+        False (inference) records nothing; a backward from such a ``ctx`` routes
+        the gradient window offset by window offset instead, to the same result.
 
     Returns
     -------
@@ -273,6 +282,13 @@ def max_pool2d(x, PH, PW, stride, pad=0):
     xp = namespace(x)
     OH, OW = _pool_geometry(x, PH, PW, stride, pad, "max pooling")
     xpad = pad2d(x, pad, value=-math.inf)
+    tiles = stride == PH == PW and OH * PH == xpad.shape[2] and OW * PW == xpad.shape[3]
+    if record and tiles and PH == 2 and _c_order(xpad):
+        out, leads = _max_pool_2x2_rows(xpad)
+        return out, ("2x2 rows", leads, tuple(x.shape), pad)
+    if record and tiles and PH * PW > 1:
+        out, mask = _max_pool_tiled(xpad, PH, PW, OH, OW)
+        return out, ("tiled", mask, out, tuple(x.shape), PH, PW, stride, pad)
     out = None
     for i in range(PH):
         for j in range(PW):
@@ -280,7 +296,107 @@ def max_pool2d(x, PH, PW, stride, pad=0):
             out = v if out is None else xp.maximum(out, v)
     if out is not None and PH * PW == 1:
         out = xp.asarray(out, copy=True)
-    return out, (xpad, out, tuple(x.shape), PH, PW, stride, pad)
+    return out, ("windows", xpad, out, tuple(x.shape), PH, PW, stride, pad)
+
+
+def _max_pool_tiled(xpad, PH, PW, OH, OW):
+    """Max over disjoint windows that tile ``xpad`` (N, C, OH*PH, OW*PW), and a boolean mask of
+    ``xpad``'s shape (and memory order) that is True at each window's first maximal offset.
+
+    A running maximum over the offsets in row-major order never decreases, so the first
+    maximum is the offset at which it first equals the window's maximum: offset k's mask is
+    (running max at k == max) XOR (running max at k-1 == max), one operation each, the
+    running maxima being fresh, contiguous arrays (only offset 0's compare reads a strided
+    view).  A window holding NaN equals nothing and gets no gradient, as in the routing of
+    :func:`_max_pool_windows_backward`.
+
+    Returns
+    -------
+    out : array, shape (N, C, OH, OW)
+    mask : bool array, shape (N, C, OH*PH, OW*PW)
+    """
+    xp = namespace(xpad)
+    run = []   # run[k]: the running maximum over offsets 0..k
+    for k in range(PH * PW):
+        v = _window(xpad, *divmod(k, PW), OH, OW, PH)
+        run.append(v if not run else xp.maximum(run[-1], v))
+    out = run[-1]
+    # ``*_like`` keeps the memory order of the input on NumPy (order "K"): a batch-innermost
+    # map gets a batch-innermost mask, and so a batch-innermost gradient.
+    mask = xp.empty_like(xpad, dtype=xp.bool)
+    reached = None   # where the running maximum at the offset before had reached the maximum
+    for k in range(PH * PW):
+        now = run[k] == out
+        sl = _window_index(*divmod(k, PW), OH, OW, PH)
+        mask[sl] = now if reached is None else now ^ reached
+        reached = now
+    return out, mask
+
+
+def _max_pool_2x2_rows(xpad):
+    """2x2 stride-2 max of a C-order ``xpad`` (N, C, H, W), H and W even, in two stages: the
+    maximum of each column pair, then of each row pair of those.  Where a stage's second
+    operand is strictly larger it "leads"; a tie keeps the first, so the winner (the second
+    row where the row stage led, then the second column of that row where its column pair
+    led) is the window's first maximum in row-major order.
+
+    Half the work of each stage runs on contiguous rows, where the running maximum over the
+    four offsets of :func:`_max_pool_tiled` reads every element at a stride of 2 (and its
+    mask's multiply runs inner loops of 2 elements in C order).
+
+    Returns
+    -------
+    out : array, shape (N, C, H/2, W/2)
+    leads : (bool (N, C, H, W/2): the column stage's, bool (N, C, H/2, W/2): the row stage's)
+    """
+    xp = namespace(xpad)
+    c0, c1 = xpad[:, :, :, 0::2], xpad[:, :, :, 1::2]
+    cols = xp.maximum(c0, c1)
+    r0, r1 = cols[:, :, 0::2, :], cols[:, :, 1::2, :]
+    return xp.maximum(r0, r1), (c1 > c0, r1 > r0)
+
+
+def _max_pool_2x2_rows_backward(dout, ctx):
+    """Split ``dout`` (N, C, OH, OW) between the rows of each window, then between the columns
+    of each row, each split one multiply and one subtraction; interleaving the halves is
+    one ``stack`` whose C-order result is the finer grid (a reshape, no copy)."""
+    xp = namespace(dout)
+    _, (col_lead, row_lead), (N, C, H, W), pad = ctx
+    OH, OW = dout.shape[2], dout.shape[3]
+    second = dout * xp.astype(row_lead, dout.dtype)
+    rows = xp.reshape(xp.stack([dout - second, second], axis=3), (N, C, 2 * OH, OW))
+    second = rows * xp.astype(col_lead, dout.dtype)
+    dxpad = xp.reshape(xp.stack([rows - second, second], axis=4), (N, C, 2 * OH, 2 * OW))
+    return dxpad[:, :, pad:pad + H, pad:pad + W] if pad else dxpad
+
+
+def _c_order(a):
+    """Whether ``a`` is laid out in C order, or does not say (array_api_strict)."""
+    order = _axis_order(a)
+    return order is None or order == sorted(order)
+
+
+def _axis_order(a):
+    """Axes of ``a`` of more than one element, outermost in memory first; None where the
+    array does not expose its strides (array_api_strict)."""
+    strides = getattr(a, "strides", None)
+    if strides is None:
+        return None
+    return sorted((k for k in range(a.ndim) if a.shape[k] > 1), key=lambda k: -strides[k])
+
+
+def _in_order_of(a, like):
+    """``a``, copied into the memory order of ``like`` (same shape) where its own differs.
+
+    An elementwise operation on operands of two memory orders walks one of them across its
+    strides at every element; one copy of the smaller array puts that transpose in one pass
+    (the gradient of a flattened map comes back in C order while the map was batch-innermost).
+    """
+    if _axis_order(a) == _axis_order(like):
+        return a
+    out = namespace(a).empty_like(like, dtype=a.dtype)
+    out[...] = a
+    return out
 
 
 def max_pool2d_backward(dout, ctx):
@@ -292,8 +408,29 @@ def max_pool2d_backward(dout, ctx):
     -------
     dx : array, shape (N, C, H, W)
     """
+    if ctx[0] == "tiled":
+        return _max_pool_tiled_backward(dout, ctx)
+    if ctx[0] == "2x2 rows":
+        return _max_pool_2x2_rows_backward(dout, ctx)
+    return _max_pool_windows_backward(dout, ctx)
+
+
+def _max_pool_tiled_backward(dout, ctx):
+    """One broadcast multiply: (N, C, OH, PH, OW, PW) mask by (N, C, OH, 1, OW, 1) ``dout``."""
     xp = namespace(dout)
-    xpad, out, x_shape, PH, PW, stride, pad = ctx
+    _, mask, out, x_shape, PH, PW, _, pad = ctx
+    N, C, H, W = x_shape
+    OH, OW = dout.shape[2], dout.shape[3]
+    dout = _in_order_of(dout, out)   # the product takes the mask's order only if dout shares it
+    m = xp.astype(xp.reshape(mask, (N, C, OH, PH, OW, PW)), dout.dtype)
+    dxpad = xp.reshape(m * xp.reshape(dout, (N, C, OH, 1, OW, 1)), (N, C, OH * PH, OW * PW))
+    return dxpad[:, :, pad:pad + H, pad:pad + W] if pad else dxpad
+
+
+def _max_pool_windows_backward(dout, ctx):
+    """The backward of windows that overlap, leave input rows unreached or were not recorded."""
+    xp = namespace(dout)
+    _, xpad, out, x_shape, PH, PW, stride, pad = ctx
     N, C, H, W = x_shape
     OH, OW = dout.shape[2], dout.shape[3]
     disjoint = stride >= PH and stride >= PW

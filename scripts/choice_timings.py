@@ -6,9 +6,13 @@ the same result.  The table gives medians and interquartile ranges in millisecon
 choices and what was measured when they were made are in docs/convolution.md ("Smaller
 choices, and the measurements behind them").
 
-    relu       ReLU forward + backward: a float 0/1 mask multiplied, against ``where``
-    pool       2x2/2 max-pool backward: the "remaining gradient" routing, against a boolean
-               "not found yet" mask and against ``where`` for the float mask
+    relu       ReLU forward + backward: max(x, 0), then a float 0/1 mask of the output
+               multiplied, against a float mask made in the forward (and multiplied each
+               way) and against ``where``
+    pool       2x2/2 max-pool forward + backward, batch-innermost and C order: a first-maximum
+               mask recorded in the forward and one multiply back, the two-stage (columns,
+               then rows) leads, the "remaining gradient" routing offset by offset, a boolean
+               "not found yet" mask, and ``where`` for the float mask
     im2col-dW  im2col's dW: per-sample GEMMs against a transposed view, summed, against tensordot
     gemm-cols  gemm's batch columns: a (C, N, Hp, Wp) padded copy, against an (N, C, Hp, Wp) one
     gemm-fold  gemm's fold of the columns: adds into (C, N, Hp, Wp) and one transpose, against
@@ -87,6 +91,10 @@ def relu(N):
     """SimpleConvNet's conv output (N, 30, 24, 24)."""
     x, dout = normal(N, 30, 24, 24), normal(N, 30, 24, 24)
 
+    def mask_of_output():
+        out = np.maximum(x, 0)
+        return out + dout * (out > 0).astype(x.dtype)
+
     def float_mask():
         mask = (x > 0).astype(x.dtype)
         return (x * mask) + dout * mask
@@ -94,11 +102,11 @@ def relu(N):
     def where():
         hit = x > 0
         return np.where(hit, x, 0) + np.where(hit, dout, 0)
-    return [{"float mask": float_mask, "where": where}]
+    return [{"max, mask of output": mask_of_output, "float mask": float_mask, "where": where}]
 
 
 def _pool_found_mask(dout, ctx):
-    xpad, out, _, PH, PW, stride, _ = ctx
+    _, xpad, out, _, PH, PW, stride, _ = ctx
     OH, OW = dout.shape[2], dout.shape[3]
     dx, todo = np.empty_like(xpad), np.ones(out.shape, bool)
     for k in range(PH * PW):
@@ -110,7 +118,7 @@ def _pool_found_mask(dout, ctx):
 
 
 def _pool_where(dout, ctx):
-    xpad, out, _, PH, PW, stride, _ = ctx
+    _, xpad, out, _, PH, PW, stride, _ = ctx
     OH, OW = dout.shape[2], dout.shape[3]
     dx, rest = np.empty_like(xpad), dout
     for k in range(PH * PW):
@@ -121,13 +129,37 @@ def _pool_where(dout, ctx):
     return dx
 
 
+def _pool_mask(x, dout):
+    """The first-maximum mask's route, whatever the memory order."""
+    OH, OW = x.shape[2] // 2, x.shape[3] // 2
+    out, mask = F._max_pool_tiled(x, 2, 2, OH, OW)
+    return F._max_pool_tiled_backward(dout, ("tiled", mask, out, tuple(x.shape), 2, 2, 2, 0))
+
+
+def _pool_rows(x, dout):
+    """The two-stage route, whatever the memory order (its gradient comes out in C order)."""
+    out, leads = F._max_pool_2x2_rows(x)
+    return F._max_pool_2x2_rows_backward(dout, ("2x2 rows", leads, tuple(x.shape), 0))
+
+
 def pool(N):
-    """SimpleConvNet's 2x2/2 pool of (N, 30, 24, 24) after a ReLU (ties are real: many zeros)."""
-    x = np.maximum(normal(N, 30, 24, 24), 0)
-    _, ctx = F.max_pool2d(x, 2, 2, 2)
-    dout = normal(N, 30, 12, 12)
-    return [{"remaining": lambda: F.max_pool2d_backward(dout, ctx),
-             "found mask": lambda: _pool_found_mask(dout, ctx), "where": lambda: _pool_where(dout, ctx)}]
+    """2x2/2 max pools, forward and backward (what the forward records moves work into it):
+    DeepConvNet's first, of a batch-innermost (N, 16, 28, 28) conv output ("rows"), and
+    SimpleConvNet's, of a C-order (N, 30, 24, 24) map after a ReLU (ties are real: many zeros).
+    The code takes the first-maximum mask for the first and the two stages for the second."""
+    groups = []
+    for name, x in (("16@28 batch-innermost", np.permute_dims(normal(16, 28, 28, N), (3, 0, 1, 2))),
+                    ("30@24 C order", np.maximum(normal(N, 30, 24, 24), 0))):
+        dout = np.empty_like(F.max_pool2d(x, 2, 2, 2, record=False)[0])
+        dout[...] = normal(*dout.shape)   # in the map's memory order, as the layer after gives it
+
+        def routed(backward, x=x, dout=dout):
+            return lambda: backward(dout, F.max_pool2d(x, 2, 2, 2, record=False)[1])
+        groups.append({f"{name} first-max mask": lambda x=x, dout=dout: _pool_mask(x, dout),
+                       f"{name} two stages": lambda x=x, dout=dout: _pool_rows(x, dout),
+                       f"{name} remaining": routed(F.max_pool2d_backward),
+                       f"{name} found mask": routed(_pool_found_mask), f"{name} where": routed(_pool_where)})
+    return groups
 
 
 def im2col_dw(N):

@@ -326,6 +326,72 @@ def test_max_pool_backward_first_tie_on_quantized_inputs(device, rng, H, PH, PW,
                                atol=1e-12)
 
 
+@pytest.mark.parametrize("H,P,pad", [(8, 2, 0), (6, 2, 1), (9, 3, 0), (8, 4, 0)])
+def test_max_pool_recorded_routes_match_window_routing(device, rng, H, P, pad):
+    """Windows that tile the padded input: what the forward records (the two-stage leads of a
+    2x2 pool in C order, the first-maximum mask otherwise, as of a batch-innermost map on the
+    host) and the offset-by-offset routing of an unrecorded forward give the same dx, the
+    first maximum of each window in row-major order, on inputs full of ties."""
+    x = np.maximum(rng.integers(-2, 3, (2, 3, H, H + P)), 0).astype(float)
+    x[0, 0, :P, :P] = 1.0   # a window all of one value
+    inputs = [device.asarray(x, "float64")]
+    if device.is_host:   # the (N, C, H, W) view of a C-order (C, H, W, N) array
+        inputs.append(np.permute_dims(np.ascontiguousarray(np.permute_dims(x, (1, 2, 3, 0))), (3, 0, 1, 2)))
+    dout = rng.standard_normal((2, 3, (H + 2 * pad) // P, (H + P + 2 * pad) // P))
+    want = max_pool_backward_reference(x, dout, P, P, P, pad)
+    routes = set()
+    for xd in inputs:
+        out, ctx = F.max_pool2d(xd, P, P, P, pad)
+        out2, ctx2 = F.max_pool2d(xd, P, P, P, pad, record=False)
+        routes.add(ctx[0])
+        assert ctx2[0] == "windows"
+        np.testing.assert_array_equal(device.to_numpy(out), device.to_numpy(out2))
+        d = device.asarray(dout, "float64")
+        dx, dx2 = (device.to_numpy(F.max_pool2d_backward(d, c)) for c in (ctx, ctx2))
+        np.testing.assert_array_equal(dx, dx2)
+        np.testing.assert_allclose(dx, want, atol=1e-12)
+    # every recorded route was taken (padding makes a new C-order array of either input)
+    if P != 2:
+        assert routes == {"tiled"}
+    else:
+        assert routes == ({"2x2 rows", "tiled"} if device.is_host and pad == 0 else {"2x2 rows"})
+
+
+def test_max_pool_window_holding_nan_leaves_the_other_windows_alone(device):
+    """A NaN compares false with everything: its window's gradient goes to at most one of its
+    elements (which one depends on the route), and every other window's is exact."""
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    x[0, 0, 1, 0] = np.nan
+    inputs = [device.asarray(x, "float64")]
+    if device.is_host:   # batch-innermost: the first-maximum mask's route
+        inputs.append(np.permute_dims(np.ascontiguousarray(np.permute_dims(x, (1, 2, 3, 0))), (3, 0, 1, 2)))
+    dout = device.asarray(np.full((1, 1, 2, 2), 2.0), "float64")
+    want = np.zeros((4, 4))
+    want[1, 3] = want[3, 1] = want[3, 3] = 2.0
+    for xd in inputs:
+        for record in (True, False):
+            _, ctx = F.max_pool2d(xd, 2, 2, 2, record=record)
+            dx = device.to_numpy(F.max_pool2d_backward(dout, ctx))[0, 0]
+            np.testing.assert_array_equal(dx[:, 2:], want[:, 2:])
+            np.testing.assert_array_equal(dx[2:, :2], want[2:, :2])
+            nan_window = dx[:2, :2]
+            assert np.count_nonzero(nan_window) <= 1 and np.sum(nan_window) in (0.0, 2.0), (record, nan_window)
+
+
+def test_max_pool_gradient_keeps_a_batch_innermost_order_for_a_c_order_dout():
+    """The gradient of a flattened map comes back in C order while the pooled map was
+    batch-innermost: dx still comes out batch-innermost (dout is put in that order once), with
+    the values of a C-order input.  A performance property, read back from NumPy's strides."""
+    rng = np.random.default_rng(2)
+    x = np.round(rng.standard_normal((5, 3, 8, 8)), 1)
+    xb = np.permute_dims(np.ascontiguousarray(np.permute_dims(x, (1, 2, 3, 0))), (3, 0, 1, 2))
+    dout = rng.standard_normal((5, 3, 4, 4))
+    dx = F.max_pool2d_backward(dout, F.max_pool2d(xb, 2, 2, 2)[1])
+    assert conv.layout_of(dx) == conv.CHWN, dx.strides
+    np.testing.assert_array_equal(dx, F.max_pool2d_backward(dout, F.max_pool2d(x, 2, 2, 2)[1]))
+    np.testing.assert_allclose(dx, max_pool_backward_reference(x, dout, 2, 2, 2, 0), atol=1e-12)
+
+
 def test_shift_flip_matches_a_per_image_loop(device, rng):
     """Random shifts with zero fill and left-right flips, checked image by image with NumPy."""
     N, C, H, W, pad = 5, 2, 6, 7, 2
@@ -361,11 +427,30 @@ def test_rows_layout_survives_relu_and_pooling():
     out, saved = conv.conv2d(x, W, np.zeros(5, np.float32), 1, 1, method="rows")
     relu, pool = ReLU(), MaxPooling(2, 2, 2)
     assert conv.METHODS["rows"].LAYOUT == conv.CHWN and relu.keeps_layout and pool.keeps_layout
-    y = pool.forward(relu.forward(out))
+    y = pool.forward(relu.forward(out, train=True), train=True)
     d = relu.backward(pool.backward(np.ones(y.shape, np.float32)))
     dx = conv.conv2d_backward(d, saved, W)[0]
     for name, a in (("conv out", out), ("pooled", y), ("pool dx", d), ("conv dx", dx)):
         assert conv.layout_of(a) == conv.CHWN, (name, a.strides)
+
+
+def test_affine_gives_a_batch_innermost_input_its_gradient_in_that_order():
+    """Affine on a batch-innermost map returns dx in that order (and in C order for a C-order
+    input), with the same values either way, so the ReLU and pooling before it see operands
+    of one memory order.  A performance property, read back from NumPy's strides."""
+    from dualnet.layers import Affine
+    rng = np.random.default_rng(3)
+    x = np.transpose(rng.standard_normal((3, 4, 4, 5)), (3, 0, 1, 2))   # (N, C, H, W), CHWN order
+    dout = rng.standard_normal((5, 7))
+    grads = []
+    for xin, want in ((x, conv.CHWN), (np.ascontiguousarray(x), conv.NCHW)):
+        layer = Affine(48, 7, dtype="float64", seed=0)
+        layer.forward(xin, train=True)
+        dx = layer.backward(dout)
+        assert conv.layout_of(dx) == want, dx.strides
+        grads.append((dx, layer.grads["W"]))
+    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-12, atol=1e-12)
 
 
 def test_layers_that_declare_keeping_the_layout_keep_it():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from ..backend import namespace
+from ..conv.layout import CHWN, layout_of
 from ..errors import ShapeError
 from .base import Layer, check_size
 
@@ -60,6 +61,7 @@ class Affine(Layer):
             raise ShapeError(f"Affine: input of shape {tuple(x.shape)} has {x2.shape[1]} features "
                              f"but W has shape {tuple(W.shape)} (expects {W.shape[0]})")
         self.x2 = x2
+        self.batch_innermost = layout_of(x) == CHWN
         return xp.matmul(x2, W) + b
 
     def backward(self, dout):
@@ -69,4 +71,11 @@ class Affine(Layer):
         self.grads["b"] = xp.sum(dout, axis=0)
         if not self.need_dx:
             return None
-        return xp.reshape(xp.matmul(dout, xp.matrix_transpose(W)), self.x_shape)
+        if self.batch_innermost:
+            # dx as the transpose of W @ dout^T, a C-order (D, N): the input's batch-innermost
+            # order again, so the ReLU and pooling before this layer work on operands of one
+            # memory order (else each of their operations walks one operand across its strides)
+            dx = xp.matrix_transpose(xp.matmul(W, xp.matrix_transpose(dout)))
+        else:
+            dx = xp.matmul(dout, xp.matrix_transpose(W))
+        return xp.reshape(dx, self.x_shape)

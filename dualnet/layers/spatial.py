@@ -119,13 +119,13 @@ class MaxPooling(_Pooling):
 
     def forward(self, x, train=False):
         if not self.same:
-            out, self.ctx = F.max_pool2d(x, self.PH, self.PW, self.stride, self.pad)
+            out, self.ctx = F.max_pool2d(x, self.PH, self.PW, self.stride, self.pad, record=train)
             return out
         N, C, H, W = x.shape
         rows, cols, top, left = self._same_geometry(H, W)
         self.x_shape, self.offset = tuple(x.shape), (top, left)
         xpad = _place(x, (N, C, rows, cols), top, left, -math.inf)
-        out, self.ctx = F.max_pool2d(xpad, self.PH, self.PW, self.stride, 0)
+        out, self.ctx = F.max_pool2d(xpad, self.PH, self.PW, self.stride, 0, record=train)
         return out
 
     def backward(self, dout):
