@@ -326,6 +326,11 @@ def test_max_pool_backward_first_tie_on_quantized_inputs(device, rng, H, PH, PW,
                                atol=1e-12)
 
 
+def batch_innermost(x):
+    """The (N, C, H, W) view of a C-order (C, H, W, N) copy of ``x``: the "rows" methods' layout."""
+    return np.permute_dims(np.ascontiguousarray(np.permute_dims(x, (1, 2, 3, 0))), (3, 0, 1, 2))
+
+
 @pytest.mark.parametrize("H,P,pad", [(8, 2, 0), (6, 2, 1), (9, 3, 0), (8, 4, 0)])
 def test_max_pool_recorded_routes_match_window_routing(device, rng, H, P, pad):
     """Windows that tile the padded input: what the forward records (the two-stage leads of a
@@ -336,7 +341,7 @@ def test_max_pool_recorded_routes_match_window_routing(device, rng, H, P, pad):
     x[0, 0, :P, :P] = 1.0   # a window all of one value
     inputs = [device.asarray(x, "float64")]
     if device.is_host:   # the (N, C, H, W) view of a C-order (C, H, W, N) array
-        inputs.append(np.permute_dims(np.ascontiguousarray(np.permute_dims(x, (1, 2, 3, 0))), (3, 0, 1, 2)))
+        inputs.append(batch_innermost(x))
     dout = rng.standard_normal((2, 3, (H + 2 * pad) // P, (H + P + 2 * pad) // P))
     want = max_pool_backward_reference(x, dout, P, P, P, pad)
     routes = set()
@@ -364,7 +369,7 @@ def test_max_pool_window_holding_nan_leaves_the_other_windows_alone(device):
     x[0, 0, 1, 0] = np.nan
     inputs = [device.asarray(x, "float64")]
     if device.is_host:   # batch-innermost: the first-maximum mask's route
-        inputs.append(np.permute_dims(np.ascontiguousarray(np.permute_dims(x, (1, 2, 3, 0))), (3, 0, 1, 2)))
+        inputs.append(batch_innermost(x))
     dout = device.asarray(np.full((1, 1, 2, 2), 2.0), "float64")
     want = np.zeros((4, 4))
     want[1, 3] = want[3, 1] = want[3, 3] = 2.0
@@ -384,7 +389,7 @@ def test_max_pool_gradient_keeps_a_batch_innermost_order_for_a_c_order_dout():
     the values of a C-order input.  A performance property, read back from NumPy's strides."""
     rng = np.random.default_rng(2)
     x = np.round(rng.standard_normal((5, 3, 8, 8)), 1)
-    xb = np.permute_dims(np.ascontiguousarray(np.permute_dims(x, (1, 2, 3, 0))), (3, 0, 1, 2))
+    xb = batch_innermost(x)
     dout = rng.standard_normal((5, 3, 4, 4))
     dx = F.max_pool2d_backward(dout, F.max_pool2d(xb, 2, 2, 2)[1])
     assert conv.layout_of(dx) == conv.CHWN, dx.strides
