@@ -35,6 +35,7 @@ the host, and the measurements: docs/convolution.md.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from ..backend import array_device, namespace
@@ -106,7 +107,7 @@ class _Plan:
         # the adjoint of the row transform writes rows 0..alpha-m-1 of a tile row (shared with
         # the tile row above: added) apart from the others (first written: assigned)
         self.B_shared, self.B_own = self.B[:a - tile, ...], self.B[a - tile:, ...]
-        self.GG = None                                             # (T, 9): dW from dU, made by backward
+        self.GG = on(wg._kron(self.G, self.G))                     # (T, 9): dW from dU
         self.nTH, self.nTW = wg._tiles(g.OH, g.OW, tile)
         self.Hp = tile * self.nTH + 2
         self.chunk = max(1, min(int(chunk), g.N)) if chunk else self._chunk(xp.finfo(x.dtype).bits // 8)
@@ -134,19 +135,11 @@ class _Plan:
     def buffers(self, nb, **shapes):
         """Flat buffers for the largest chunk, by name -> shape-maker(nb); :meth:`view` cuts a
         chunk's contiguous array out of one."""
-        out = {}
-        for name, shape in shapes.items():
-            n = 1
-            for s in shape(nb):
-                n *= s
-            out[name] = self.xp.empty((n,), dtype=self.dtype, device=self.dev)
-        return out
+        return {name: self.xp.empty((math.prod(shape(nb)),), dtype=self.dtype, device=self.dev)
+                for name, shape in shapes.items()}
 
     def view(self, buf, *shape):
-        n = 1
-        for s in shape:
-            n *= s
-        return self.xp.reshape(buf[:n], shape)
+        return self.xp.reshape(buf[:math.prod(shape)], shape)
 
 
 _PLANS = {}
@@ -410,8 +403,5 @@ def backward(dout, saved, W, need_dx=True):
                 _input_adjoint(p, dV, th, dgrid, bufs)
         if need_dx:
             _untile(p, dgrid, n0, dx)
-    if p.GG is None:
-        p.GG = wg._on(dout, wg._kron(p.G, p.G))                           # (T, 9)
-    GG = p.GG
-    dW = xp.reshape(xp.matmul(xp.matrix_transpose(xp.reshape(dU, (p.T, g.FN * g.C))), GG), g.W_shape)
+    dW = xp.reshape(xp.matmul(xp.matrix_transpose(xp.reshape(dU, (p.T, g.FN * g.C))), p.GG), g.W_shape)
     return (None if dx is None else xp.permute_dims(dx, (3, 0, 1, 2))), dW, db
