@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from . import conv
+from . import conv, microbatch
 from .backend import HostRNG, get_device, namespace, on_device_of
 from .checks import check_batch, check_labels
 from .errors import ConfigError, DTypeError, SettingError, ShapeError
@@ -97,13 +97,14 @@ class Sequential:
         if not hasattr(self, "model_kwargs"):
             self.model_kwargs = {}
 
-        shape = self.input_shape
+        shape, self.sample_values = self.input_shape, 0
         for i, layer in enumerate(self.layers):
             try:
                 shape = layer.output_shape(shape)
             except ValueError as e:
                 raise ShapeError(f"layer {i} ({layer!r}) does not fit its input: {e}") from None
-        self.output_shape = shape
+            self.sample_values += math.prod(shape)
+        self.output_shape = shape   # sample_values: the layers' outputs of one sample, in values
 
         self._flat, self._buffer_flat = build_layers(self.layers, self.device, self.dtype,
                                                      HostRNG(self.seed), weight_init)
@@ -255,12 +256,21 @@ class Sequential:
             raise DTypeError(f"input dtype is {x.dtype} but the model is {self.dtype}; "
                              f"convert with device.asarray(x, '{self.dtype}')")
 
-    def predict(self, x, train=False):
-        """Scores before softmax. x : (N, *input_shape) -> (N, K)."""
+    def predict(self, x, train=False, micro_batch="auto"):
+        """Scores before softmax. x : (N, *input_shape) -> (N, K).
+
+        An evaluation forward (``train=False``) runs in micro-batches where
+        :func:`dualnet.microbatch.size` says so (``micro_batch``: "auto", a size, or None for
+        the whole batch); the scores are the same to rounding.  A training forward is one
+        batch (its backward needs the layers' state of all of it; :meth:`gradient` splits)."""
         self._check_input(x)
+        m = x.shape[0] if train else microbatch.size(self, x.shape[0], False, micro_batch)
         with self.device.bind():
-            for layer in self.layers:
-                x = layer.forward(x, train)
+            return self._forward(x, train) if m >= x.shape[0] else microbatch.predict(self, x, m)
+
+    def _forward(self, x, train):
+        for layer in self.layers:
+            x = layer.forward(x, train)
         return x
 
     def penalty(self):
@@ -289,13 +299,10 @@ class Sequential:
 
     def _loss(self, x, t, train):
         self.device.check(t, "labels")
-        if not getattr(self.loss_layer, "classifies", True):   # regression: the loss checks its targets
-            self.scores = self.predict(x, train)
-            loss = self.loss_layer.forward(self.scores, t)
-            return loss + self.penalty() if self.weight_decay else loss
-        N = x.shape[0] if hasattr(x, "shape") and len(x.shape) else None
-        check_labels(t, self.output_shape[-1], N, check_range=self.device.is_host)
-        self.scores = self.predict(x, train)
+        if getattr(self.loss_layer, "classifies", True):   # a regression loss checks its own targets
+            N = x.shape[0] if hasattr(x, "shape") and len(x.shape) else None
+            check_labels(t, self.output_shape[-1], N, check_range=self.device.is_host)
+        self.scores = self.predict(x, train, micro_batch=None)   # one batch: backward follows
         loss = self.loss_layer.forward(self.scores, t)
         return loss + self.penalty() if self.weight_decay else loss
 
@@ -322,6 +329,10 @@ class Sequential:
         G = concat([l.grads[k] for _, l, k in self._slots])
         if self.weight_decay:
             G = G + self._decay_term()
+        self._set_grads(G)
+
+    def _set_grads(self, G):
+        """Make the flat gradient buffer G the model's: the layers' ``grads`` become its views."""
         views = split(G, [tuple(v.shape) for v in self._views])
         for (_, l, k), v in zip(self._slots, views):
             l.grads[k] = v
@@ -343,10 +354,19 @@ class Sequential:
         reg = P if self.regularization == "l2" else xp.astype(P > 0, P.dtype) - xp.astype(P < 0, P.dtype)
         return reg * self._decay[1]
 
-    def gradient(self, x, t, train=True):
-        """Loss and gradients of one batch: returns ``(loss, grads)``."""
-        loss = self.loss(x, t, train)
-        return loss, self.backward()
+    def gradient(self, x, t, train=True, micro_batch="auto"):
+        """Loss and gradients of one batch: returns ``(loss, grads)``; ``self.scores`` holds the
+        batch's scores.
+
+        ``micro_batch`` ("auto", a size, or None for one batch) may run the batch as
+        micro-batches (:mod:`dualnet.microbatch`: on the host where they fit the cache), with
+        the whole batch's loss, gradients and scores to rounding."""
+        m = microbatch.size(self, x.shape[0], train, micro_batch) if hasattr(x, "shape") else None
+        if m is None or m >= x.shape[0]:
+            loss = self.loss(x, t, train)
+            return loss, self.backward()
+        with self.device.bind():
+            return microbatch.gradient(self, x, t, train, m)
 
     def accuracy(self, x, t, batch_size=1000):
         """Fraction of correct predictions, evaluated in batches so memory stays bounded.

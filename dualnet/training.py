@@ -50,11 +50,13 @@ __all__ = ["train_step", "BatchSource", "train_steps", "Trainer", "IntervalReade
            "TrainingDiverged", "epoch_seed", "step_seed", "Interrupted"]
 
 
-def train_step(model, optimizer, x, t, reduce=None):
+def train_step(model, optimizer, x, t, reduce=None, micro_batch="auto"):
     """One step of mini-batch training on the model's device.
 
     ``reduce`` goes to :meth:`dualnet.optimizers.Optimizer.update`: data-parallel training
-    (:mod:`dualnet.distributed`) all-reduces the flat gradients there.
+    (:mod:`dualnet.distributed`) all-reduces the flat gradients there.  ``micro_batch``
+    ("auto", a size, or None) may run the batch as cache-sized micro-batches with the same
+    loss, gradients and update to rounding (:mod:`dualnet.microbatch`; "auto" does on the host).
 
     Returns
     -------
@@ -63,9 +65,8 @@ def train_step(model, optimizer, x, t, reduce=None):
 
     Nothing is read back to the host: the caller decides when to sync.
     """
-    loss = model.loss(x, t, train=True)
-    model.backward()
-    optimizer.update(model.params, model.grads, reduce=reduce)
+    loss, grads = model.gradient(x, t, train=True, micro_batch=micro_batch)
+    optimizer.update(model.params, grads, reduce=reduce)
     return loss, count_correct(model.scores, t)
 
 

@@ -9,7 +9,8 @@ from dualnet.backend import DeviceError, cuda_status, get_device
 PKG = pathlib.Path(__file__).resolve().parents[1] / "dualnet"
 # The library core, which no application module may be imported by.
 CORE = {"backend", "errors", "functions", "conv", "init", "params", "layers", "models", "optimizers", "training", "io",
-        "checkpoint", "gradcheck", "distributed", "seeds", "runstate", "timing", "checks"}
+        "checkpoint", "gradcheck", "distributed", "seeds", "runstate", "timing", "checks",
+        "microbatch"}
 APPS = {"data", "plots", "bench", "torch_twin", "studies", "runconfig", "cli", "cliparse", "book", "cs231n"}
 # Host-side modules (files, plots, command line, benchmarks) may use NumPy for host arrays;
 # compute modules take their namespace from arrays or the device.

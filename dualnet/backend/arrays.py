@@ -11,10 +11,21 @@ import contextlib
 import threading
 
 import array_api_compat
+import numpy as _np
+
+_HOST_TYPES = (_np.ndarray, _np.generic)   # NumPy's reductions return scalars, not 0-d arrays
+HOST_XP = _np if getattr(_np, "__array_api_version__", "") >= "2023.12" else None
+"""The host's namespace: NumPy's own where it implements the array API standard of 2023.12 (NumPy
+2.1 on), without array-api-compat's wrapper around every call (each costs about a microsecond;
+a small training step makes thousands of calls, docs/convolution.md, "Smaller choices");
+None on an older NumPy, where array-api-compat's wraps it."""
 
 
 def namespace(*arrays):
-    """The array API namespace of ``arrays`` (they must share one)."""
+    """The array API namespace of ``arrays`` (they must share one): NumPy itself for NumPy
+    arrays (:data:`HOST_XP`), array-api-compat's for CuPy's, the simulated devices' own."""
+    if HOST_XP is not None and all(isinstance(a, _HOST_TYPES) for a in arrays):
+        return HOST_XP
     xp = array_api_compat.array_namespace(*arrays)
     return _sim_namespace() if xp is _SIM_MODULE[0] else xp
 

@@ -184,11 +184,11 @@ def _input_transform_adjoint(dV, BT, m, x4, nTH, nTW):
     return xp.reshape(dpad, (N, C, Hp, Wp))
 
 
-def _filter_transform(W, G):
-    """U = G g GT for every filter g: W (FN, C, 3, 3) -> U (T, FN, C), as one GEMM with G (x) G."""
+def _filter_transform(W, GG):
+    """U = G g GT for every filter g: W (FN, C, 3, 3) -> U (T, FN, C), as one GEMM with
+    GG = G (x) G (T, 9), an array on W's device."""
     xp = namespace(W)
     FN, C = W.shape[0], W.shape[1]
-    GG = _on(W, _kron(G, G))                                           # (T, 9)
     U = xp.matmul(GG, xp.matrix_transpose(xp.reshape(W, (FN * C, 9))))   # (T, FN*C)
     return xp.reshape(U, (GG.shape[0], FN, C))
 
@@ -233,7 +233,7 @@ def winograd_forward(x, W, b, pad, tile=2):
         xpad = xp.zeros((N, C, m * nTH + 2, m * nTW + 2), dtype=x.dtype, device=array_device(x))
         xpad[:, :, pad:pad + H, pad:pad + Wd] = x
     V = _input_transform(xpad, _on(x, BT), m, nTH, nTW)
-    U = _filter_transform(W, G)
+    U = _filter_transform(W, _on(W, _kron(G, G)))
     M = xp.matmul(U, V)                                   # (T, FN, P): the only O(C) work
     alpha = m + 2
     A_T = _on(x, AT)

@@ -40,6 +40,10 @@ class Layer:
     """
 
     roles = {}
+    per_sample = True
+    """True when a training forward's output for a sample depends on that sample alone, so that
+    a batch may run as micro-batches (:mod:`dualnet.microbatch`); batch normalization, whose
+    training forward normalizes by the batch's statistics, sets it False."""
     keeps_layout = False
     """True when ``forward`` and ``backward`` return arrays in the memory order of their input
     (the contract of :mod:`dualnet.conv.layout`, which ``"rows"`` convolutions rely on for speed)."""

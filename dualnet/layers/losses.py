@@ -17,6 +17,10 @@ class Loss:
     device of its scores."""
 
     classifies = True   # scores are class scores: accuracy means something
+    per_sample = True
+    """The loss is the mean over samples of each sample's loss, so a batch's loss and gradient
+    are its micro-batches' weighted by their share (:mod:`dualnet.microbatch`); a loss that
+    couples samples sets it False."""
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
