@@ -204,12 +204,16 @@ def _grid_rows(p, src, grid, n0, r0, r1):
     if h0 >= h1:
         grid[:, r0:r1, ...] = 0
         return
-    grid[:, r0:h0, ...] = 0
-    grid[:, h1:r1, ...] = 0
+    if r0 < h0:   # (an empty assignment still costs a call: most offsets j have no padding)
+        grid[:, r0:h0, ...] = 0
+    if h1 < r1:
+        grid[:, h1:r1, ...] = 0
     for j in range(p.alpha):
         tw, n, w = p.cols[j]
-        grid[:, h0:h1, j, :tw, :] = 0
-        grid[:, h0:h1, j, tw + n:, :] = 0
+        if tw:
+            grid[:, h0:h1, j, :tw, :] = 0
+        if tw + n < p.nTW:
+            grid[:, h0:h1, j, tw + n:, :] = 0
         if n > 0:
             grid[:, h0:h1, j, tw:tw + n, :] = src[:, h0 - g.pad:h1 - g.pad, _every(w, n, m), n0:n0 + nb]
 
