@@ -4,8 +4,9 @@ A CPU step is fastest while what it writes in the forward and reads back in the 
 in the cache.  DeepConvNet's layer outputs take 325 KiB per image in float32; a step holds about
 three times that (Winograd's transformed inputs, the gradients), so at batch 64 the step stays in
 this machine's cache and at batch 256 it streams from memory, and each image costs more: one
-thread, medians of interleaved steps, 157 ms as one batch of 256 and 134.5 ms as four
-micro-batches of 64 (docs/convolution.md, "Micro-batches", has the table and its command).
+thread, medians of interleaved steps, 161 ms as one batch of 256 and 138 ms as four
+micro-batches of 64 (docs/convolution.md, "Micro-batches", has the table and its command,
+scripts/micro_batch_sizes.py).
 
 A micro-batched step is the whole batch's step, to rounding:
 
