@@ -261,16 +261,24 @@ class Sequential:
 
         An evaluation forward (``train=False``) runs in micro-batches where
         :func:`dualnet.microbatch.size` says so (``micro_batch``: "auto", a size, or None for
-        the whole batch); the scores are the same to rounding.  A training forward is one
-        batch (its backward needs the layers' state of all of it; :meth:`gradient` splits)."""
+        the whole batch); the scores are the same to rounding.  It keeps nothing for a
+        backward (each layer's state is released as the next runs: one layer's at a time), so
+        :meth:`backward` needs a :meth:`loss` after it.  A training forward is one batch and
+        keeps its state (:meth:`gradient` splits)."""
         self._check_input(x)
         m = x.shape[0] if train else microbatch.size(self, x.shape[0], False, micro_batch)
+        self._backward_ready = train
         with self.device.bind():
             return self._forward(x, train) if m >= x.shape[0] else microbatch.predict(self, x, m)
 
-    def _forward(self, x, train):
+    def _forward(self, x, train, keep=None):
+        """The layers' forward; ``keep`` (default: ``train``) whether they keep their state for
+        backward, else each releases it once it has run (:meth:`dualnet.layers.Layer.release`)."""
+        keep = train if keep is None else keep
         for layer in self.layers:
             x = layer.forward(x, train)
+            if not keep:
+                layer.release()
         return x
 
     def penalty(self):
@@ -302,7 +310,9 @@ class Sequential:
         if getattr(self.loss_layer, "classifies", True):   # a regression loss checks its own targets
             N = x.shape[0] if hasattr(x, "shape") and len(x.shape) else None
             check_labels(t, self.output_shape[-1], N, check_range=self.device.is_host)
-        self.scores = self.predict(x, train, micro_batch=None)   # one batch: backward follows
+        self._check_input(x)
+        self.scores = self._forward(x, train, keep=True)   # one batch, kept: backward may follow
+        self._backward_ready = True
         loss = self.loss_layer.forward(self.scores, t)
         return loss + self.penalty() if self.weight_decay else loss
 
@@ -310,6 +320,9 @@ class Sequential:
         """Backpropagate from the last :meth:`loss`; returns :attr:`grads`."""
         if not hasattr(self, "scores"):
             raise ConfigError("backward() needs a forward pass first: call model.loss(x, t, train=True)")
+        if not getattr(self, "_backward_ready", True):
+            raise ConfigError("backward() follows loss(), but predict() ran since and kept nothing for "
+                              "it: call model.loss(x, t) again before backward()")
         with self.device.bind():
             self._backward()
         return self.grads

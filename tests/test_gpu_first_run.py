@@ -188,9 +188,10 @@ def test_every_public_entry_point_computes_on_its_own_device():
     assert two.owns(count_correct(scores, t))
     net = dn.SimpleConvNet(input_dim=(2, 6, 6), filter_num=3, filter_size=3, pad=1, hidden_size=4,
                            output_size=5, device=two, weight_decay=0.1)
-    assert two.owns(net.predict(x4)) and two.owns(net.loss(x4, t)) and two.owns(net.count_correct(x4, t))
+    assert two.owns(net.predict(x4)) and two.owns(net.loss(x4, t))
+    assert all(two.owns(g) for g in net.backward().values())   # after loss: predict keeps nothing for it
+    assert two.owns(net.count_correct(x4, t))
     assert 0.0 <= net.accuracy(x4, t) <= 1.0
-    assert all(two.owns(g) for g in net.backward().values())
     recs = bench.bench_layers(two, "float32", 2, 3, 0, None, gemm_n=16)
     assert {r["phase"] for r in recs} == {"conv_forward", "conv_backward", "gemm_peak", "adam_update"}
     assert bench.ops_per_step(two, "simple_convnet", 2, "float32")["train"] > 0

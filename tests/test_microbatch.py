@@ -105,3 +105,32 @@ def test_a_bad_micro_batch_is_refused_by_name(bad):
     model = dn.TwoLayerNet(4, 3, 2, device="cpu", seed=0)
     with pytest.raises(ConfigError, match="micro_batch"):
         microbatch.size(model, 8, True, bad)
+
+
+def test_an_inference_keeps_nothing_for_backward_and_backward_says_so(device, rng):
+    model = _conv(device)
+    x = device.asarray(rng.normal(size=(4, 1, 12, 12)), "float64")
+    t = device.asarray(rng.integers(0, 5, size=4), "int64")
+    model.loss(x, t, train=True)
+    model.predict(x)   # released every layer's state: a backward now would mix two batches
+    assert all(getattr(l, "saved", None) is None for l in model.layers)
+    with pytest.raises(ConfigError, match="predict"):
+        model.backward()
+    model.loss(x, t, train=False)   # an evaluation loss keeps its state: a gradient check's backward
+    assert set(model.backward()) == set(model.params)
+
+
+def test_an_inference_holds_one_layers_state_at_a_time():
+    """tracemalloc's peak of predict against loss(train=False), which keeps every layer's state."""
+    import tracemalloc
+    model = dn.DeepConvNet(device="cpu", seed=0)
+    x = np.random.default_rng(0).random((32, 1, 28, 28), dtype=np.float32)
+    t = np.zeros(32, dtype=np.int64)
+    peaks = {}
+    for name, run in (("loss", lambda: model.loss(x, t, train=False)), ("predict", lambda: model.predict(x))):
+        run()   # plans and caches made once
+        tracemalloc.start()
+        run()
+        peaks[name] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks["predict"] < 0.7 * peaks["loss"], peaks

@@ -45,6 +45,8 @@ class Layer:
     a batch may run as micro-batches (:mod:`dualnet.microbatch`); batch normalization, whose
     training forward normalizes by the batch's statistics, sets it False."""
     keeps_layout = False
+    backward_state = ()
+    """The attributes a forward sets for ``backward`` alone (:meth:`release` drops them)."""
     """True when ``forward`` and ``backward`` return arrays in the memory order of their input
     (the contract of :mod:`dualnet.conv.layout`, which ``"rows"`` convolutions rely on for speed)."""
 
@@ -61,6 +63,13 @@ class Layer:
         self._seed, self.weight_init = check_seed(seed), weight_init
         self._params, self._buffers, self.grads = None, None, {}
         self.need_dx = True
+
+    def release(self):
+        """Drop what only :meth:`backward` needs (the attributes named in
+        :attr:`backward_state`), after an inference forward: a model's ``predict(train=False)``
+        calls it layer by layer, so that an inference holds no more than one layer's state."""
+        for name in self.backward_state:
+            setattr(self, name, None)
 
     # -- parameters ----------------------------------------------------------------
     @property

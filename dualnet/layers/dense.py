@@ -30,6 +30,7 @@ class Affine(Layer):
     """
 
     roles = {"W": "weight", "b": "bias"}
+    backward_state = ("x2",)
 
     def __init__(self, in_features, out_features, **kw):
         self.in_features = check_size(in_features, "Affine in_features")

@@ -10,6 +10,7 @@ from .base import Layer
 
 class ReLU(Layer):
     keeps_layout = True
+    backward_state = ("out",)
 
     def forward(self, x, train=False):
         # One pass forward (an inference needs no more); the backward's mask comes from the
@@ -26,6 +27,7 @@ class ReLU(Layer):
 
 class Sigmoid(Layer):
     keeps_layout = True
+    backward_state = ("out",)
 
     def forward(self, x, train=False):
         self.out = F.sigmoid(x)
@@ -37,6 +39,7 @@ class Sigmoid(Layer):
 
 class Tanh(Layer):
     keeps_layout = True
+    backward_state = ("out",)
 
     def forward(self, x, train=False):
         self.out = F.tanh(x)

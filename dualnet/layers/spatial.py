@@ -24,6 +24,7 @@ class Convolution(Layer):
     """
 
     roles = {"W": "weight", "b": "bias"}
+    backward_state = ("saved",)   # the method's columns, grids or Winograd's V
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad=0, method=None, **kw):
         k = kernel_size if isinstance(kernel_size, (tuple, list)) else (kernel_size, kernel_size)
@@ -59,6 +60,9 @@ class Convolution(Layer):
         return out
 
     def backward(self, dout):
+        if getattr(self, "saved", None) is None:
+            raise ConfigError("Convolution.backward() needs a training forward first: the last forward "
+                              "was an inference (predict), which keeps nothing for backward")
         dx, self.grads["W"], self.grads["b"] = conv.conv2d_backward(
             dout, self.saved, self.params["W"], self.need_dx)
         return dx
@@ -91,6 +95,7 @@ class MaxPooling(_Pooling):
     by max((OH - 1) * stride + PH - H, 0) rows in all, half on top and the odd one at the
     bottom (columns likewise, the odd one on the right), with -inf so padded cells never win.
     """
+    backward_state = ("ctx",)
 
     def __init__(self, pool_h, pool_w=None, stride=None, pad=0, **kw):
         self.same = pad == "same"
