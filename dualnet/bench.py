@@ -15,6 +15,7 @@ import platform
 
 import numpy as np
 
+from . import microbatch
 from .backend import cuda_status, get_device, tune_allocator, versions
 from .errors import DeviceError
 from .io import write_json
@@ -76,6 +77,8 @@ def dualnet_contenders(device, model_name, batch, dtype):
     def infer():
         with device.bind():
             model.predict(x, train=False)
+    # what "auto" makes of the batch (dualnet.microbatch: cache-sized parts on the host), recorded
+    train.micro_batch, infer.micro_batch = (microbatch.size(model, batch, p) for p in (True, False))
     return {"train": train, "infer": infer}
 
 
@@ -325,8 +328,10 @@ def measure(dev, model_name, batch, dtype="float32", torch=None, count_ops=False
         for impl, ts in times.items():
             r = {**base, "impl": impl, "phase": phase, "peak_mem_bytes": peaks[impl],
                  "peak_mem_method": _peak_method(impl, dev), **summarize(ts, batch)}
-            if impl == "dualnet" and phase in ops:
-                r["ops_per_step"] = ops[phase]
+            if impl == "dualnet":
+                r["micro_batch"] = ours[phase].micro_batch   # samples per micro-batch (= batch: whole)
+                if phase in ops:
+                    r["ops_per_step"] = ops[phase]
             records.append(r)
             log(_line(r))
     return records, skipped

@@ -26,6 +26,7 @@ def test_records_follow_the_schema(device):
         assert r["impl"] == "dualnet" and r["device"] == spec and r["dtype"] == "float32"
         assert r["images_per_s"] > 0 and r["step_ms_median"] > 0 and r["step_ms_iqr"] >= 0
         assert r["steps"] >= 3
+        assert r["micro_batch"] == r["batch_size"]   # what dualnet ran the batch as: small ones whole
     phases = {r["phase"] for r in res["records"]}
     assert {"conv_forward", "conv_backward", "gemm_peak", "adam_update"} <= phases
     assert all(r["gflops"] > 0 for r in res["records"] if "gflops" in r)
@@ -35,6 +36,14 @@ def test_records_follow_the_schema(device):
     if device.peak_memory(lambda: None) is not None:  # measurable on this backend
         assert all(r["peak_mem_bytes"] > 0 for r in train)
     json.dumps(res)  # JSON-ready
+
+
+def test_the_record_says_how_dualnet_split_the_batch():
+    """On the host "auto" runs DeepConvNet's 256 as 4 x 64 (dualnet.microbatch); a GPU stand-in keeps it whole."""
+    cpu = bench.dualnet_contenders(bench.get_device("cpu"), "deep_convnet", 256, "float32")
+    sim = bench.dualnet_contenders(bench.get_device("sim"), "deep_convnet", 256, "float32")
+    assert (cpu["train"].micro_batch, cpu["infer"].micro_batch) == (64, 64)
+    assert (sim["train"].micro_batch, sim["infer"].micro_batch) == (256, 256)
 
 
 def test_unavailable_device_is_skipped_with_reason():
