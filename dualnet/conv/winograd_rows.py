@@ -194,39 +194,44 @@ def _cols(p, j, t0, t1):
 
 
 def _grid_rows(p, src, grid, n0, r0, r1):
-    """Fill padded rows [r0, r1) of one chunk's tiled grid (C, Hp, alpha, nTW, nb) from src
-    (C, H, W, N): padded column m*tw + j at [:, :, j, tw, :], so that each tile column's alpha
-    input columns lie side by side (the grid is alpha/m times the padded input).  One copy
-    per offset j; only the padding is zeroed.  The forward fills the rows a tile row needs
-    just before it, so that they are read back from cache."""
+    """Fill padded rows [r0, r1) of one chunk's tiled grid (Hp, alpha, C, nTW, nb) from src
+    (C, H, W, N): padded column m*tw + j at [:, j, :, tw, :], so that a tile row's alpha input
+    rows are one slice of the leading axis and each column offset j one slice of the next
+    (the grid is alpha/m times the padded input).  One copy per offset j; only the padding is
+    zeroed.  The forward fills the rows a tile row needs just before it, so that they are
+    read back from cache."""
     g, m, nb = p.g, p.m, grid.shape[4]
     h0, h1 = max(r0, g.pad), min(r1, g.pad + g.H)          # the rows inside the input
     if h0 >= h1:
-        grid[:, r0:r1, ...] = 0
+        grid[r0:r1, ...] = 0
         return
     if r0 < h0:   # (an empty assignment still costs a call: most offsets j have no padding)
-        grid[:, r0:h0, ...] = 0
+        grid[r0:h0, ...] = 0
     if h1 < r1:
-        grid[:, h1:r1, ...] = 0
+        grid[h1:r1, ...] = 0
     for j in range(p.alpha):
         tw, n, w = p.cols[j]
         if tw:
-            grid[:, h0:h1, j, :tw, :] = 0
+            grid[h0:h1, j, :, :tw, :] = 0
         if tw + n < p.nTW:
-            grid[:, h0:h1, j, tw + n:, :] = 0
+            grid[h0:h1, j, :, tw + n:, :] = 0
         if n > 0:
-            grid[:, h0:h1, j, tw:tw + n, :] = src[:, h0 - g.pad:h1 - g.pad, _every(w, n, m), n0:n0 + nb]
+            grid[h0:h1, j, :, tw:tw + n, :] = p.permute(
+                src[:, h0 - g.pad:h1 - g.pad, _every(w, n, m), n0:n0 + nb], (1, 0, 2, 3))
 
 
 def _input_tiles(p, grid, th, bufs, V):
     """V = BT d B of tile row ``th`` of one chunk's tiled grid, written into V (T, C, nTW*nb),
-    tiles in (tile column, image) order: two matmuls, rows then columns."""
-    xp, C, a, m = p.xp, p.g.C, p.alpha, p.m
-    L = p.nTW * grid.shape[4]
-    R = p.view(bufs["R"], C, a, a * L)
-    _mm(p, p.BT, p.reshape(grid[:, m * th:m * th + a, ...], (C, a, a * L)), R)   # R[c, k, (j, L)]
-    # columns: V[k*a + l, c] = sum_j BT[l, j] R[c, k, j], batched over (c, k) into a view of V
-    _mm(p, p.BT, p.reshape(R, (C, a, a, L)), p.permute(p.reshape(V, (a, a, C, L)), (2, 0, 1, 3)))
+    tiles in (tile column, image) order: the rows batched over the column offsets j, then
+    the columns batched over the transformed rows k, each product an alpha x alpha matrix by
+    an (alpha, C * tiles) slice."""
+    C, a, m = p.g.C, p.alpha, p.m
+    X = C * p.nTW * grid.shape[4]                          # (c, tile column, image) of one (row, offset)
+    R = p.view(bufs["R"], a, a, X)                          # R[k, j, X]
+    rows = p.reshape(grid[m * th:m * th + a, ...], (a, a, X))     # [i, j, X]
+    _mm(p, p.BT, p.permute(rows, (1, 0, 2)), p.permute(R, (1, 0, 2)))
+    # columns: V[k*a + l, c] = sum_j BT[l, j] R[k, j, c], batched over k, into V itself
+    _mm(p, p.BT, R, p.reshape(V, (a, a, X)))
     return V
 
 
@@ -252,7 +257,7 @@ def _output_tiles(p, M, th, n0, nb, y, bufs):
 def _shapes(p, nb):
     """Per-block buffer shapes of the forward (R, V, M, Q, Y) for a chunk of nb images."""
     g, a, m, L = p.g, p.alpha, p.m, p.nTW * nb
-    return dict(R=lambda n: (g.C, a, a * p.nTW * n), V=lambda n: (p.T, g.C, p.nTW * n),
+    return dict(R=lambda n: (a, a * g.C * p.nTW * n), V=lambda n: (p.T, g.C, p.nTW * n),
                 M=lambda n: (p.T, g.FN, p.nTW * n),
                 Q=lambda n: (a, m, g.FN * p.nTW * n), Y=lambda n: (m, m, g.FN * p.nTW * n))
 
@@ -285,7 +290,7 @@ def blocked_forward(x, W, b, g, tile, chunk=None):
     kept, grids = ([] if p.keeps_V() else None), []
     for n0, nb in p.chunks():
         Vs = p.empty(p.nTH, p.T, g.C, p.nTW * nb) if kept is not None else None
-        grid = p.empty(g.C, p.Hp, p.alpha, p.nTW, nb)
+        grid = p.empty(p.Hp, p.alpha, g.C, p.nTW, nb)
         for th in range(p.nTH):
             _grid_rows(p, src, grid, n0, 0 if th == 0 else p.m * th + 2, p.m * th + p.alpha)
             V = p.view(bufs["V"], p.T, g.C, p.nTW * nb) if Vs is None else Vs[th, ...]
@@ -330,36 +335,38 @@ def _output_adjoint(p, Gd, th, n0, nb, bufs):
 
 def _input_adjoint(p, dV, th, dgrid, bufs):
     """Write the adjoint of :func:`_input_tiles` of dV (T, C, nTW*nb) into tile row ``th`` of
-    the chunk's tiled gradient grid dgrid (C, Hp, alpha, nTW, nb), tile rows in order.  The
+    the chunk's tiled gradient grid dgrid (Hp, alpha, C, nTW, nb), tile rows in order.  The
     column offsets j >= m are first added onto the next tile column's offsets j - m (the same
     padded columns, in cache), so the rows go to dgrid only for j < m and the last tile
     column's j >= m (what :func:`_untile` reads)."""
-    xp, C, a, m, nTW = p.xp, p.g.C, p.alpha, p.m, p.nTW
+    C, a, m, nTW = p.g.C, p.alpha, p.m, p.nTW
     nb = dgrid.shape[4]
-    L = nTW * nb
-    dR = p.view(bufs["R"], C, a, a, L)
-    _mm(p, p.B, p.permute(p.reshape(dV, (a, a, C, L)), (2, 0, 1, 3)), dR)   # dR[c, k, j]
-    dR5 = p.reshape(dR, (C, a, a, nTW, nb))
+    X = C * nTW * nb
+    dR = p.view(bufs["R"], a, a, X)
+    _mm(p, p.B, p.reshape(dV, (a, a, X)), dR)                 # dR[k, j] = sum_l B[j, l] dV[k, l]
+    dR5 = p.reshape(dR, (a, a, C, nTW, nb))
     if nTW > 1:
-        dR5[:, :, 0:a - m, 1:nTW, :] += dR5[:, :, m:a, 0:nTW - 1, :]
-    rows = dgrid[:, m * th:m * th + a, ...]
-    _rows_adjoint(p, p.reshape(dR5[:, :, 0:m, ...], (C, a, m * L)),
-                  p.reshape(rows[:, :, 0:m, ...], (C, a, m * L)), th, bufs)
-    for j in range(m, a):
-        _rows_adjoint(p, dR5[:, :, j, nTW - 1, :], rows[:, :, j, nTW - 1, :], th, bufs)
+        dR5[:, 0:a - m, :, 1:nTW, :] += dR5[:, m:a, :, 0:nTW - 1, :]
+    rows = dgrid[m * th:m * th + a, ...]
+    # rows, batched over the offsets j < m: (j, k, X) stacks of the transformed rows k
+    _rows_adjoint(p, p.permute(dR[:, 0:m, :], (1, 0, 2)),
+                  p.permute(p.reshape(rows, (a, a, X))[:, 0:m, :], (1, 0, 2)), th, bufs)
+    for j in range(m, a):   # (C, alpha, nb) stacks: the rows of one offset of the last tile column
+        _rows_adjoint(p, p.permute(dR5[:, j, :, nTW - 1, :], (1, 0, 2)),
+                      p.permute(rows[:, j, :, nTW - 1, :], (1, 0, 2)), th, bufs)
 
 
 def _rows_adjoint(p, src, dst, th, bufs):
-    """dst (C, alpha, X) of tile row ``th`` gets B @ src (C, alpha, X): its first alpha - m rows
-    added to what the tile row above left there, the others assigned (no zeroed grid)."""
+    """dst (..., alpha, X) of tile row ``th`` gets B @ src (..., alpha, X): its first alpha - m
+    rows added to what the tile row above left there, the others assigned (no zeroed grid)."""
     a, m = p.alpha, p.m
-    _mm(p, p.B_own, src, dst[:, a - m:, :])
+    _mm(p, p.B_own, src, dst[..., a - m:, :])
     if th == 0:
-        _mm(p, p.B_shared, src, dst[:, :a - m, :])
+        _mm(p, p.B_shared, src, dst[..., :a - m, :])
     else:
-        part = p.view(bufs["shared"], src.shape[0], a - m, src.shape[2])
+        part = p.view(bufs["shared"], *src.shape[:-2], a - m, src.shape[-1])
         _mm(p, p.B_shared, src, part)
-        dst[:, :a - m, :] += part
+        dst[..., :a - m, :] += part
 
 
 def _untile(p, dgrid, n0, dx):
@@ -371,7 +378,8 @@ def _untile(p, dgrid, n0, dx):
     for j in range(p.alpha):
         tw, n, w = p.untile_cols[j]
         if n > 0:
-            dx[:, :, _every(w, n, m), n0:n0 + nb] = dgrid[:, g.pad:g.pad + g.H, j, tw:tw + n, :]
+            dx[:, :, _every(w, n, m), n0:n0 + nb] = p.permute(
+                dgrid[g.pad:g.pad + g.H, j, :, tw:tw + n, :], (1, 0, 2, 3))
 
 
 def backward(dout, saved, W, need_dx=True):
@@ -399,7 +407,7 @@ def backward(dout, saved, W, need_dx=True):
     dU, part = xp.zeros((p.T, g.FN, g.C), dtype=p.dtype, device=p.dev), p.empty(p.T, g.FN, g.C)
     dx = p.empty(g.C, g.H, g.W, g.N) if need_dx else None
     for ci, (n0, nb) in enumerate(p.chunks()):
-        dgrid = p.empty(g.C, p.Hp, p.alpha, p.nTW, nb) if need_dx else None
+        dgrid = p.empty(p.Hp, p.alpha, g.C, p.nTW, nb) if need_dx else None
         for th in range(p.nTH):
             dM = _output_adjoint(p, Gd, th, n0, nb, bufs)
             db += xp.sum(dM[p.alpha + 1, ...], axis=1)   # product (1, 1) is every output's sum (A's row 1 is ones)
