@@ -24,11 +24,11 @@ micro-batches are more launches.
 """
 from __future__ import annotations
 
-import math
+import numbers
 
 from .errors import ConfigError
 
-__all__ = ["MICRO_BATCH_BYTES", "size", "gradient", "predict"]
+__all__ = ["MICRO_BATCH_BYTES", "check", "size", "parts", "gradient", "predict"]
 
 MICRO_BATCH_BYTES = 24 << 20
 """The layer outputs of one micro-batch, at most about (the whole step's working set is some
@@ -36,40 +36,49 @@ three times this; measured in docs/convolution.md: DeepConvNet splits 256 into 4
 into 2 x 50, SimpleConvNet 256 into 2 x 128 and leaves 100 whole)."""
 
 
+def check(micro_batch):
+    """``micro_batch`` as given ("auto", None) or as an int >= 0; raises ConfigError otherwise."""
+    if micro_batch is None or (isinstance(micro_batch, str) and micro_batch == "auto"):
+        return micro_batch
+    if isinstance(micro_batch, numbers.Integral) and not isinstance(micro_batch, bool) and micro_batch >= 0:
+        return int(micro_batch)
+    raise ConfigError(f"micro_batch must be 'auto', a positive integer, 0 or None, got {micro_batch!r}",
+                      param="micro_batch")
+
+
 def size(model, n, train, micro_batch="auto"):
-    """Samples per micro-batch when ``model`` runs a batch of ``n`` (``n``: one batch).
+    """Samples per micro-batch (the largest part) when ``model`` runs a batch of ``n``.
 
     Parameters
     ----------
     model : Sequential
     n : int
-    train : bool   a training forward (a layer that is not ``per_sample`` then keeps it whole)
+    train : bool   a training forward (a layer or loss that is not ``per_sample`` then keeps it whole)
     micro_batch : "auto", int or None
         ``"auto"``: on the host, micro-batches of at most :data:`MICRO_BATCH_BYTES` of layer
-        outputs, of equal size; elsewhere the whole batch.  An int: at most that many samples
-        per micro-batch, on any device.  None or 0: the whole batch.
+        outputs; elsewhere the whole batch.  An int: at most that many samples per micro-batch,
+        on any device.  None or 0: the whole batch.  The parts differ by at most one sample.
     """
-    if micro_batch is None or micro_batch == 0:
+    micro_batch = check(micro_batch)
+    if not micro_batch:
         return n
-    if train and not all(getattr(l, "per_sample", True) for l in (*model.layers, model.loss_layer)):
+    if train and not all(getattr(l, "per_sample", False) for l in (*model.layers, model.loss_layer)):
         return n
     if micro_batch == "auto":
         if not model.device.is_host:
             return n
         per_sample = model.sample_values * (8 if model.dtype == "float64" else 4)
         limit = max(1, MICRO_BATCH_BYTES // max(1, per_sample))
-    elif isinstance(micro_batch, int) and not isinstance(micro_batch, bool) and micro_batch > 0:
-        limit = micro_batch
     else:
-        raise ConfigError(f"micro_batch must be 'auto', a positive integer or None, got {micro_batch!r}",
-                          param="micro_batch")
-    if n <= limit:
-        return n
-    return math.ceil(n / math.ceil(n / limit))   # equal parts: 256 by at most 75 is 4 of 64
+        limit = micro_batch
+    return n if n <= limit else -(-n // -(-n // limit))   # 256 by at most 75: 4 of 64
 
 
-def _parts(n, m):
-    return [(s, min(s + m, n)) for s in range(0, n, m)]
+def parts(n, m):
+    """[(start, stop)] of the ceil(n / m) micro-batches of a batch of n, as equal as can be
+    (10 by at most 3: 2, 3, 2, 3)."""
+    k = -(-n // m)
+    return [(i * n // k, (i + 1) * n // k) for i in range(k)]
 
 
 def gradient(model, x, t, train, m):
@@ -81,15 +90,19 @@ def gradient(model, x, t, train, m):
     xp, n = model.device.xp, x.shape[0]
     loss = G = None
     scores = []
-    for s, e in _parts(n, m):
-        w = (e - s) / n
-        part = model.loss(x[s:e, ...], t[s:e, ...], train) * w
-        model.backward()
-        loss = part if loss is None else loss + part
-        if model._grad_flat is not None:
-            g = model._grad_flat * w
-            G = g if G is None else G + g
-        scores.append(model.scores)
+    try:
+        for s, e in parts(n, m):
+            w = (e - s) / n
+            part = model.loss(x[s:e, ...], t[s:e, ...], train) * w
+            model.backward()
+            loss = part if loss is None else loss + part
+            if model._grad_flat is not None:
+                g = model._grad_flat * w
+                G = g if G is None else G + g
+            scores.append(model.scores)
+    finally:
+        # the layers hold the last part's state: a backward() now would be that part's alone
+        model._backward_ready = False
     model.scores = xp.concat(scores, axis=0)
     if G is not None:
         model._set_grads(G)
@@ -99,4 +112,4 @@ def gradient(model, x, t, train, m):
 def predict(model, x, m):
     """Scores of an evaluation forward (``train=False``) as micro-batches of ``m``, put together."""
     xp = model.device.xp
-    return xp.concat([model._forward(x[s:e, ...], False) for s, e in _parts(x.shape[0], m)], axis=0)
+    return xp.concat([model._forward(x[s:e, ...], False) for s, e in parts(x.shape[0], m)], axis=0)

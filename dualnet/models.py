@@ -267,7 +267,8 @@ class Sequential:
         keeps its state (:meth:`gradient` splits)."""
         self._check_input(x)
         m = x.shape[0] if train else microbatch.size(self, x.shape[0], False, micro_batch)
-        self._backward_ready = train
+        microbatch.check(micro_batch)
+        self._backward_ready = False   # backward starts from the loss layer, which this did not run
         with self.device.bind():
             return self._forward(x, train) if m >= x.shape[0] else microbatch.predict(self, x, m)
 
@@ -321,8 +322,9 @@ class Sequential:
         if not hasattr(self, "scores"):
             raise ConfigError("backward() needs a forward pass first: call model.loss(x, t, train=True)")
         if not getattr(self, "_backward_ready", True):
-            raise ConfigError("backward() follows loss(), but predict() ran since and kept nothing for "
-                              "it: call model.loss(x, t) again before backward()")
+            raise ConfigError("backward() follows loss(), but predict() or a micro-batched gradient() ran "
+                              "since, so the layers do not hold that loss's forward: call model.loss(x, t) "
+                              "again before backward() (gradient() already returns the gradients)")
         with self.device.bind():
             self._backward()
         return self.grads
@@ -374,9 +376,20 @@ class Sequential:
         ``micro_batch`` ("auto", a size, or None for one batch) may run the batch as
         micro-batches (:mod:`dualnet.microbatch`: on the host where they fit the cache), with
         the whole batch's loss, gradients and scores to rounding."""
-        m = microbatch.size(self, x.shape[0], train, micro_batch) if hasattr(x, "shape") else None
-        if m is None or m >= x.shape[0]:
+        microbatch.check(micro_batch)
+        n = x.shape[0] if len(getattr(x, "shape", ())) else None
+        m = n if n is None else microbatch.size(self, n, train, micro_batch)
+        # split only labels of one row per sample, checked whole first, so that a bad batch is
+        # refused as the whole batch and before any part changed the model's state
+        if m is None or m >= n or tuple(getattr(t, "shape", ())[:1]) != (n,):
             loss = self.loss(x, t, train)
+            return loss, self.backward()
+        self._check_input(x)
+        self.device.check(t, "labels")
+        if getattr(self.loss_layer, "classifies", True):
+            check_labels(t, self.output_shape[-1], n, check_range=self.device.is_host)
+        elif tuple(t.shape) != (n, *self.output_shape):
+            loss = self.loss(x, t, train)   # targets the loss reshapes: one batch
             return loss, self.backward()
         with self.device.bind():
             return microbatch.gradient(self, x, t, train, m)

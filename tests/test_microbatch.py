@@ -5,7 +5,7 @@ import pytest
 
 import dualnet as dn
 from dualnet import microbatch
-from dualnet.errors import ConfigError
+from dualnet.errors import ConfigError, DualnetError, ShapeError
 from dualnet.training import train_step
 
 
@@ -100,11 +100,81 @@ def test_auto_leaves_a_device_batch_whole_and_a_size_splits_anywhere():
     assert microbatch.size(sim, 10, True, 4) == 4
 
 
-@pytest.mark.parametrize("bad", [-1, 2.5, "big", True])
-def test_a_bad_micro_batch_is_refused_by_name(bad):
+@pytest.mark.parametrize("bad", [-1, 2.5, "big", True, False])
+def test_a_bad_micro_batch_is_refused_by_name_on_every_path(bad):
+    model = dn.MultiLayerNet(4, [3], 2, use_batchnorm=True, device="cpu", seed=0)   # never split
+    x, t = np.zeros((8, 4), np.float32), np.zeros(8, np.int64)
+    for call in (lambda: microbatch.size(model, 8, True, bad), lambda: model.gradient(x, t, micro_batch=bad),
+                 lambda: model.predict(x, train=True, micro_batch=bad), lambda: model.predict(x, micro_batch=bad)):
+        with pytest.raises(ConfigError, match="micro_batch"):
+            call()
+
+
+def test_sizes_are_any_integer_and_parts_as_equal_as_can_be():
     model = dn.TwoLayerNet(4, 3, 2, device="cpu", seed=0)
-    with pytest.raises(ConfigError, match="micro_batch"):
-        microbatch.size(model, 8, True, bad)
+    assert microbatch.size(model, 10, True, np.int64(3)) == 3
+    assert [e - s for s, e in microbatch.parts(10, 3)] == [2, 3, 2, 3]
+    assert [e - s for s, e in microbatch.parts(256, 64)] == [64] * 4
+    assert microbatch.parts(5, 5) == [(0, 5)]
+
+
+def test_a_layer_of_your_own_keeps_the_batch_whole_unless_it_says_per_sample():
+    from dualnet.layers import Layer
+
+    class Scale(Layer):   # declares nothing: it might couple samples
+        def forward(self, x, train=False):
+            return 2 * x
+
+        def backward(self, dout):
+            return 2 * dout
+    model = dn.Sequential([dn.layers.Affine(4, 3), Scale()], (4,), device="cpu", seed=0)
+    assert microbatch.size(model, 10, True, 2) == 10 and microbatch.size(model, 10, False, 2) == 2
+    Scale.per_sample = True
+    assert microbatch.size(model, 10, True, 2) == 2
+
+
+def test_a_bad_batch_is_refused_whole_and_changes_nothing():
+    model = dn.TwoLayerNet(4, 5, 3, device="cpu", dtype="float64", seed=0)
+    x = np.random.default_rng(0).normal(size=(6, 4))
+    before = model.params.flat.copy()
+    for t, shown in ((np.array([0, 1, 2, 0, 1, 2, 0, 1]), r"\(8,\).*6 samples"),
+                     (np.array([0, 1, 2, 0, 1]), r"\(5,\).*6 samples")):
+        with pytest.raises(ShapeError, match=shown):
+            train_step(model, dn.SGD(lr=0.1), x, t, micro_batch=3)
+    with pytest.raises(DualnetError):
+        model.gradient(np.float64(1.0), np.array(0), micro_batch=3)
+    with pytest.raises(DualnetError, match="outside the model's 3 classes"):
+        model.gradient(x, np.array([0, 1, 2, 0, 1, 9]), micro_batch=3)   # out of range in the second part
+    np.testing.assert_array_equal(model.params.flat, before)
+
+
+def test_regression_targets_split_or_stay_whole_with_the_same_result():
+    from dualnet.layers import Affine, MeanSquaredError, ReLU
+    make = lambda: dn.Sequential([Affine(4, 5), ReLU(), Affine(5, 2)], (4,), loss=MeanSquaredError(),  # noqa: E731
+                                 device="cpu", dtype="float64", seed=0)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 4))
+    for t in (rng.normal(size=(6, 2)), rng.normal(size=12)):   # (N, K), and flat targets the loss reshapes
+        l0, g0 = make().gradient(x, t, micro_batch=None)
+        l1, g1 = make().gradient(x, t, micro_batch=3)
+        assert abs(float(l1) - float(l0)) <= 1e-12 * abs(float(l0))
+        np.testing.assert_allclose(g1.flat, g0.flat, rtol=1e-10, atol=1e-14)
+
+
+def test_backward_after_micro_batches_or_any_predict_is_refused(device, rng):
+    model = _conv(device)
+    x = device.asarray(rng.normal(size=(6, 1, 12, 12)), "float64")
+    t = device.asarray(rng.integers(0, 5, size=6), "int64")
+    model.gradient(x, t, micro_batch=2)   # the layers hold the last part only
+    with pytest.raises(ConfigError, match="loss"):
+        model.backward()
+    model.loss(x, t, train=True)
+    model.predict(x, train=True)          # a training forward, but not of the loss backward starts from
+    with pytest.raises(ConfigError, match="loss"):
+        model.backward()
+    bn = dn.MultiLayerNet(6, [5], 3, use_batchnorm=True, device=device, dtype="float64", seed=0)
+    bn.predict(device.asarray(rng.normal(size=(4, 6)), "float64"))
+    assert all(getattr(l, "xn", None) is None for l in bn.layers)
 
 
 def test_an_inference_keeps_nothing_for_backward_and_backward_says_so(device, rng):

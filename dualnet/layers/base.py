@@ -40,10 +40,11 @@ class Layer:
     """
 
     roles = {}
-    per_sample = True
+    per_sample = False
     """True when a training forward's output for a sample depends on that sample alone, so that
-    a batch may run as micro-batches (:mod:`dualnet.microbatch`); batch normalization, whose
-    training forward normalizes by the batch's statistics, sets it False."""
+    a batch may run as micro-batches (:mod:`dualnet.microbatch`).  False by default: a layer of
+    your own that does not declare it keeps its network's batches whole; batch normalization,
+    whose training forward normalizes by the batch's statistics, is False."""
     keeps_layout = False
     backward_state = ()
     """The attributes a forward sets for ``backward`` alone (:meth:`release` drops them)."""

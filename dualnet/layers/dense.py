@@ -11,6 +11,7 @@ from .base import Layer, check_size
 
 class Flatten(Layer):
     """(N, ...) -> (N, prod(...))."""
+    per_sample = True
 
     def output_shape(self, shape):
         return (math.prod(shape),)
@@ -28,6 +29,7 @@ class Affine(Layer):
 
     W : (in_features, out_features);  b : (out_features,)
     """
+    per_sample = True
 
     roles = {"W": "weight", "b": "bias"}
     backward_state = ("x2",)

@@ -9,6 +9,7 @@ from .base import Layer
 
 
 class ReLU(Layer):
+    per_sample = True
     keeps_layout = True
     backward_state = ("out",)
 
@@ -26,6 +27,7 @@ class ReLU(Layer):
 
 
 class Sigmoid(Layer):
+    per_sample = True
     keeps_layout = True
     backward_state = ("out",)
 
@@ -38,6 +40,7 @@ class Sigmoid(Layer):
 
 
 class Tanh(Layer):
+    per_sample = True
     keeps_layout = True
     backward_state = ("out",)
 
@@ -53,6 +56,7 @@ class Dropout(Layer):
     """Inverted dropout: in training keep each unit with probability 1 - ratio and scale by
     1/(1 - ratio), so evaluation is the identity.  Masks are drawn on the layer's device by
     ``self.rng`` (seeded by ``seed``; :meth:`set_seed` re-seeds it)."""
+    per_sample = True
 
     def __init__(self, ratio=0.5, **kw):
         if not 0.0 <= float(ratio) < 1.0:

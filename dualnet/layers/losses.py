@@ -17,10 +17,10 @@ class Loss:
     device of its scores."""
 
     classifies = True   # scores are class scores: accuracy means something
-    per_sample = True
-    """The loss is the mean over samples of each sample's loss, so a batch's loss and gradient
-    are its micro-batches' weighted by their share (:mod:`dualnet.microbatch`); a loss that
-    couples samples sets it False."""
+    per_sample = False
+    """True when the loss is the mean over samples of each sample's loss, so that a batch's
+    loss and gradient are its micro-batches' weighted by their share (:mod:`dualnet.microbatch`).
+    False by default: a loss of your own that does not declare it keeps batches whole."""
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -41,6 +41,7 @@ class Loss:
 
 class SoftmaxWithLoss(Loss):
     """Softmax followed by mean cross-entropy; labels as integers (N,) or one-hot (N, K)."""
+    per_sample = True
 
     def forward(self, x, t):
         # dtype and shapes only: the range costs a host sync on a device (the network checks it
@@ -58,6 +59,7 @@ class MeanSquaredError(Loss):
     error ``0.5 * sum((y - t)**2) / N`` against real-valued targets ``t`` (N, K) floats.
 
     There are no classes, so a model with this loss has no accuracy (it is refused)."""
+    per_sample = True
 
     classifies = False
 

@@ -18,6 +18,7 @@ class BatchNormalization(Layer):
 
     roles = {"gamma": "scale", "beta": "shift"}
     per_sample = False   # training normalizes by the batch's mean and variance
+    backward_state = ("xn", "std")
 
     def __init__(self, num_features, momentum=0.9, eps=1e-5, **kw):
         self.D, self.momentum, self.eps = check_size(num_features, "BatchNormalization num_features"), \

@@ -22,6 +22,7 @@ class Convolution(Layer):
     It is not part of :meth:`spec`: a checkpoint loads into any method.  Output sizes are
     floored (see :class:`dualnet.conv.ConvGeometry`).
     """
+    per_sample = True
 
     roles = {"W": "weight", "b": "bias"}
     backward_state = ("saved",)   # the method's columns, grids or Winograd's V
@@ -70,6 +71,7 @@ class Convolution(Layer):
 
 # --------------------------------------------------------------------------- pooling
 class _Pooling(Layer):
+    per_sample = True
     def __init__(self, pool_h, pool_w=None, stride=None, pad=0, **kw):
         self.PH = check_size(pool_h, "pooling pool_h")
         self.PW = check_size(pool_w if pool_w is not None else pool_h, "pooling pool_w")
@@ -175,6 +177,7 @@ class Resize(Layer):
     Rw (width, W), so backward is dx = Rhᵀ @ dout @ Rw -- two batched matmuls each way, no
     scatter.  It lets a network built for large images (AlexNet) train on small ones.
     """
+    per_sample = True
 
     def __init__(self, height, width=None, **kw):
         self.height, self.width = int(height), int(width if width is not None else height)
