@@ -8,11 +8,13 @@ batch is cut into chunks of images (all of it unless one row of tiles would exce
 :data:`BLOCK_BYTES`) and the work done one row of tiles of a chunk at a time, so that the
 input transform, the alpha**2 products and the output transform of a block stay in cache:
 
-- the input is padded into a batch-innermost *tiled* grid, (C, Hp, alpha, nTW, nb): padded
-  column m*tw + j sits at [:, :, j, tw, :], so each tile column's alpha input columns lie side
-  by side (alpha/m times the padded input).  A tile row's alpha input rows are one slice;
-- input:    V = BT d B as two matmuls per block: the rows (alpha, alpha) @ (C, alpha, alpha*tiles),
-  then the columns, batched over (C, row), written into a view of V;
+- the input is padded into a batch-innermost *tiled* grid, (Hp, alpha, C, nTW, nb): padded
+  column m*tw + j sits at [:, j, :, tw, :] (alpha/m times the padded input), so a tile row's
+  alpha input rows are one slice of the leading axis and each offset j one of the next;
+- input:    V = BT d B as two matmuls per block, each batched over alpha (BLAS runs a few
+  alpha x alpha by alpha x (C*tiles) products far faster than C*alpha small ones or one with
+  N = alpha*C*tiles): the rows batched over the offsets j, then the columns batched over the
+  transformed rows, written into V itself;
 - products: M = U @ V, one batched matmul (T, FN, C) @ (T, C, tiles*nb), the bias added to the
   one product every output reads with weight 1 (column 1 of AT is all ones);
 - output:   Y = AT M A as two matmuls, each batched over the other tile index (one GEMM over all
