@@ -266,8 +266,8 @@ class Sequential:
         :meth:`backward` needs a :meth:`loss` after it.  A training forward is one batch and
         keeps its state (:meth:`gradient` splits)."""
         self._check_input(x)
-        m = x.shape[0] if train else microbatch.size(self, x.shape[0], False, micro_batch)
         microbatch.check(micro_batch)
+        m = x.shape[0] if train else microbatch.size(self, x.shape[0], False, micro_batch)
         self._backward_ready = False   # backward starts from the loss layer, which this did not run
         with self.device.bind():
             return self._forward(x, train) if m >= x.shape[0] else microbatch.predict(self, x, m)
@@ -306,12 +306,16 @@ class Sequential:
         with self.device.bind():
             return self._loss(x, t, train)
 
-    def _loss(self, x, t, train):
+    def _check_batch(self, x, t):
+        """Labels (their range on the host) and input of a batch, before any forward."""
         self.device.check(t, "labels")
         if getattr(self.loss_layer, "classifies", True):   # a regression loss checks its own targets
             N = x.shape[0] if hasattr(x, "shape") and len(x.shape) else None
             check_labels(t, self.output_shape[-1], N, check_range=self.device.is_host)
         self._check_input(x)
+
+    def _loss(self, x, t, train):
+        self._check_batch(x, t)
         self.scores = self._forward(x, train, keep=True)   # one batch, kept: backward may follow
         self._backward_ready = True
         loss = self.loss_layer.forward(self.scores, t)
@@ -384,11 +388,8 @@ class Sequential:
         if m is None or m >= n or tuple(getattr(t, "shape", ())[:1]) != (n,):
             loss = self.loss(x, t, train)
             return loss, self.backward()
-        self._check_input(x)
-        self.device.check(t, "labels")
-        if getattr(self.loss_layer, "classifies", True):
-            check_labels(t, self.output_shape[-1], n, check_range=self.device.is_host)
-        elif tuple(t.shape) != (n, *self.output_shape):
+        self._check_batch(x, t)
+        if not getattr(self.loss_layer, "classifies", True) and tuple(t.shape) != (n, *self.output_shape):
             loss = self.loss(x, t, train)   # targets the loss reshapes: one batch
             return loss, self.backward()
         with self.device.bind():

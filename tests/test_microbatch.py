@@ -186,6 +186,8 @@ def test_an_inference_keeps_nothing_for_backward_and_backward_says_so(device, rn
     assert all(getattr(l, "saved", None) is None for l in model.layers)
     with pytest.raises(ConfigError, match="predict"):
         model.backward()
+    with pytest.raises(ConfigError, match="released"):   # a layer of it, called alone, says so too
+        model.layers[-1].backward(device.asarray(np.ones((4, 5)), "float64"))
     model.loss(x, t, train=False)   # an evaluation loss keeps its state: a gradient check's backward
     assert set(model.backward()) == set(model.params)
 

@@ -46,10 +46,10 @@ class Layer:
     your own that does not declare it keeps its network's batches whole; batch normalization,
     whose training forward normalizes by the batch's statistics, is False."""
     keeps_layout = False
-    backward_state = ()
-    """The attributes a forward sets for ``backward`` alone (:meth:`release` drops them)."""
     """True when ``forward`` and ``backward`` return arrays in the memory order of their input
     (the contract of :mod:`dualnet.conv.layout`, which ``"rows"`` convolutions rely on for speed)."""
+    backward_state = ()
+    """The attributes a forward sets for ``backward`` alone (:meth:`release` drops them)."""
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -71,6 +71,7 @@ class Layer:
         calls it layer by layer, so that an inference holds no more than one layer's state."""
         for name in self.backward_state:
             setattr(self, name, None)
+        self._forwarded = False   # a backward now has nothing to go back through
 
     # -- parameters ----------------------------------------------------------------
     @property
@@ -175,8 +176,9 @@ def _bound(method):
         # Call order: a flag in the instance, set after a forward that returned (no array is
         # touched, so no host sync on a device).
         if backward and not self.__dict__.get("_forwarded"):
-            raise ConfigError(f"{type(self).__name__}.backward() was called before its forward(): "
-                              f"call forward(x, ...) on the batch first, then backward(dout)")
+            raise ConfigError(f"{type(self).__name__}.backward() was called before its forward() (or after "
+                              f"an inference released what it kept): call forward(x, ...) on the batch "
+                              f"first, then backward(dout)")
         dev = getattr(self, "device", None)
         if dev is not None:
             ctx = dev.bind()

@@ -29,9 +29,9 @@ class Affine(Layer):
 
     W : (in_features, out_features);  b : (out_features,)
     """
-    per_sample = True
 
     roles = {"W": "weight", "b": "bias"}
+    per_sample = True
     backward_state = ("x2",)
 
     def __init__(self, in_features, out_features, **kw):

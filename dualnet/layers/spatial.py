@@ -22,9 +22,9 @@ class Convolution(Layer):
     It is not part of :meth:`spec`: a checkpoint loads into any method.  Output sizes are
     floored (see :class:`dualnet.conv.ConvGeometry`).
     """
-    per_sample = True
 
     roles = {"W": "weight", "b": "bias"}
+    per_sample = True
     backward_state = ("saved",)   # the method's columns, grids or Winograd's V
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad=0, method=None, **kw):
@@ -61,9 +61,6 @@ class Convolution(Layer):
         return out
 
     def backward(self, dout):
-        if getattr(self, "saved", None) is None:
-            raise ConfigError("Convolution.backward() needs a training forward first: the last forward "
-                              "was an inference (predict), which keeps nothing for backward")
         dx, self.grads["W"], self.grads["b"] = conv.conv2d_backward(
             dout, self.saved, self.params["W"], self.need_dx)
         return dx
@@ -72,6 +69,7 @@ class Convolution(Layer):
 # --------------------------------------------------------------------------- pooling
 class _Pooling(Layer):
     per_sample = True
+
     def __init__(self, pool_h, pool_w=None, stride=None, pad=0, **kw):
         self.PH = check_size(pool_h, "pooling pool_h")
         self.PW = check_size(pool_w if pool_w is not None else pool_h, "pooling pool_w")
